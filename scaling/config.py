@@ -1,0 +1,371 @@
+"""The study configuration: YAML (safe-loaded) into typed, validated dataclasses.
+
+Every key has a type and, where it matters, a range. Loading walks the dataclasses, so an unknown key, a
+wrong type or an impossible value fails with its key path, the bad value and what was expected -- before
+any data is touched or Ray is started. Command-line overrides `a.b.c=value` are applied to the raw mapping
+first, so they go through the same checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "studies" / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+#: the pre-training sources a fine-tuning trial can start from; "both" = natural, then medical
+SOURCES = ("scratch", "natural", "medical", "both")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message starts with the key path."""
+
+
+def _opt(default, **limits):
+    return field(default=default, metadata=limits)
+
+
+@dataclass
+class DatasetRef:
+    """A dataset from `scaling.data.registry` and its constructor options (e.g. root, version, size)."""
+
+    dataset: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    target: DatasetRef
+    #: pre-training sources by role; "both" in the sweep uses natural then medical
+    sources: dict[str, DatasetRef] = field(default_factory=dict)
+    resolution: int = _opt(48, min=8)
+    crop: Literal["center", "none"] = "center"
+    clahe: bool = False
+    storage: Literal["uint8", "uint16"] = "uint8"
+    encoding: Literal["raw", "png"] = "raw"
+    #: pre-training data sizes (images); nested subsets of each source's train split
+    source_sizes: list[int] = field(default_factory=lambda: [1000], metadata={"min": 1})
+    #: fine-tuning examples per class; 0 = the full target train split
+    shots: list[int] = field(default_factory=lambda: [0], metadata={"min": 0})
+    val_fraction: float = _opt(0.15, min_exclusive=0, max_exclusive=1)
+    on_bad_image: Literal["error", "skip"] = "error"
+    cache_dir: str = ".cache/scaling"
+
+
+@dataclass
+class ModelsConfig:
+    ladder: str = "cpu"
+    #: rung names of the ladder, the model-size axis
+    sizes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    """How one training job runs; steps are optimizer steps at the effective batch size."""
+
+    steps: int = _opt(500, min=1)
+    batch_size: int = _opt(64, min=1)
+    #: micro-batches per optimizer step, so the effective batch does not depend on memory
+    grad_accum: int = _opt(1, min=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = _opt(0.1, min_exclusive=0)
+    momentum: float = _opt(0.9, min=0, max_exclusive=1)
+    weight_decay: float = _opt(0.0, min=0)
+    warmup_steps: int = _opt(0, min=0)
+    #: "bit": step decay by 10x at 30/60/90% of the steps (BiT-HyperRule); "cosine"; "constant"
+    schedule: Literal["bit", "cosine", "constant"] = "bit"
+    #: class-balanced sampling of the training set (for imbalanced targets)
+    balanced_sampling: bool = False
+    eval_every: int = _opt(100, min=1)
+    augment: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    recipe: Recipe = field(default_factory=Recipe)
+    #: fine-tuning budgets in optimizer steps, the budget axis
+    budgets: list[int] = field(default_factory=lambda: [500], metadata={"min": 1})
+    #: log-uniform search ranges tuned by Optuna inside every cell
+    lr_range: list[float] = field(default_factory=lambda: [1e-4, 1e-2], metadata={"min_exclusive": 0, "len": 2})
+    weight_decay_range: list[float] = field(default_factory=lambda: [1e-6, 1e-3], metadata={"min_exclusive": 0, "len": 2})
+
+
+@dataclass
+class SweepConfig:
+    sources: list[Literal["scratch", "natural", "medical", "both"]] = field(
+        default_factory=lambda: ["scratch", "natural", "medical"]
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"min": 0})
+    #: Optuna hyper-parameter samples per cell of the scaling grid
+    trials_per_cell: int = _opt(1, min=1)
+    max_concurrent_trials: int = _opt(1, min=1)
+    #: ASHA: trials are compared at these evaluation points and the worse stopped
+    asha_grace_evals: int = _opt(1, min=1)
+    asha_reduction_factor: int = _opt(3, min=2)
+
+
+@dataclass
+class ResourcesConfig:
+    num_workers: int = _opt(1, min=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = _opt(1.0, min_exclusive=0)
+    #: GPUs per Train worker when use_gpu is true
+    gpus_per_worker: float = _opt(1.0, min_exclusive=0)
+    #: DataLoader worker processes per Train worker
+    loader_workers: int = _opt(0, min=0)
+    #: bf16 autocast and channels_last (only takes effect on GPU)
+    bf16: bool = True
+    max_failures: int = _opt(1, min=0)
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI; empty = the study starts its own server with SQLite in the study directory
+    uri: str = ""
+    experiment: str = ""
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    data: DataConfig
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    pretrain: Recipe = field(default_factory=Recipe)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = _opt(0, min=0)
+    #: study directory; empty = runs/<name>
+    out_dir: str = ""
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out_dir or Path("runs") / self.name)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StudyConfig:
+    """Read a YAML study config, apply `a.b.c=value` overrides, build and validate the typed config."""
+    path = Path(path or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = build(StudyConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (so `0.1`, `[1, 2]`, `true` work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+
+
+def build(cls, raw: Any, path: str):
+    """Build dataclass `cls` from a raw mapping, checking keys, types and ranges."""
+    where = path or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing; expected {_describe(hints[name])}")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key, f.metadata)
+    return cls(**values)
+
+
+def _coerce(tp, value, key: str, limits) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, limits)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}; expected a list of {_describe(args[0])}")
+        if "len" in limits and len(value) != limits["len"]:
+            raise ConfigError(f"{key}: got {value!r}; expected a list of {limits['len']} values")
+        if not value:
+            raise ConfigError(f"{key}: got an empty list; expected at least one {_describe(args[0])}")
+        return [_coerce(args[0], v, f"{key}[{i}]", limits) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; expected a mapping")
+        return {str(k): _coerce(args[1], v, _join(key, str(k)), limits) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}; expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: got {value!r}; expected an integer")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: got {value!r}; expected a number")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: got {value!r}; expected a string")
+    _check_range(value, key, limits)
+    return value
+
+
+def _check_range(value, key: str, limits) -> None:
+    if "min" in limits and value < limits["min"]:
+        raise ConfigError(f"{key}: got {value!r}; expected a value >= {limits['min']}")
+    if "min_exclusive" in limits and value <= limits["min_exclusive"]:
+        raise ConfigError(f"{key}: got {value!r}; expected a value > {limits['min_exclusive']}")
+    if "max_exclusive" in limits and value >= limits["max_exclusive"]:
+        raise ConfigError(f"{key}: got {value!r}; expected a value < {limits['max_exclusive']}")
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+# ---------------------------------------------------------------------------------------------- semantics
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Checks that need more than one key or a registry: dataset and model names, dataset options,
+    subset sizes against what a synthetic source holds, sweep sources against configured sources."""
+    from scaling.data import registry
+
+    refs = {"data.target": cfg.data.target, **{f"data.sources.{k}": v for k, v in cfg.data.sources.items()}}
+    for key, ref in refs.items():
+        _validate_dataset(key, ref, registry)
+    for role in cfg.data.sources:
+        if role not in ("natural", "medical"):
+            raise ConfigError(f"data.sources.{role}: unknown source role; expected natural or medical")
+    needed = {"natural", "medical"} & {r for s in cfg.sweep.sources for r in (("natural", "medical") if s == "both" else (s,))}
+    for role in sorted(needed - set(cfg.data.sources)):
+        raise ConfigError(f"sweep.sources asks for {role!r} pre-training but data.sources.{role} is not configured")
+    for role, ref in cfg.data.sources.items():
+        size = ref.options.get("size")
+        for i, n in enumerate(cfg.data.source_sizes):
+            if size is not None and n > size:
+                raise ConfigError(
+                    f"data.source_sizes[{i}]: got {n}; expected at most {size}, the size of data.sources.{role} "
+                    f"(data.sources.{role}.options.size)"
+                )
+    _validate_models(cfg.models)
+    for name in ("lr_range", "weight_decay_range"):
+        low, high = getattr(cfg.finetune, name)
+        if low > high:
+            raise ConfigError(f"finetune.{name}: got {[low, high]}; expected [low, high] with low <= high")
+
+
+def _validate_dataset(key: str, ref: DatasetRef, registry) -> None:
+    if ref.dataset not in registry.NAMES:
+        raise ConfigError(f"{key}.dataset: got {ref.dataset!r}; expected one of: {', '.join(registry.NAMES)}")
+    accepted = registry.dataset_options(ref.dataset)
+    for opt, value in ref.options.items():
+        if opt not in accepted:
+            raise ConfigError(
+                f"{key}.options.{opt}: unknown option for dataset {ref.dataset!r}; expected one of: "
+                f"{', '.join(accepted) or '(none)'}"
+            )
+        hint = typing.get_type_hints(registry.dataset_class(ref.dataset).__init__).get(opt, Any)
+        limits = {"min": 1} if opt.endswith("size") else {}
+        _coerce(hint, value, f"{key}.options.{opt}", limits)
+    for opt, p in accepted.items():
+        if p.default is p.empty and opt not in ref.options:
+            raise ConfigError(f"{key}.options.{opt}: missing; dataset {ref.dataset!r} needs it")
+
+
+def _validate_models(models: ModelsConfig) -> None:
+    from scaling import models as ladders
+
+    if models.ladder not in ladders.LADDERS:
+        raise ConfigError(f"models.ladder: got {models.ladder!r}; expected one of: {', '.join(ladders.LADDERS)}")
+    names = [r.name for r in ladders.LADDERS[models.ladder].rungs]
+    if not models.sizes:
+        raise ConfigError(f"models.sizes: empty; expected rung names of ladder {models.ladder!r}: {', '.join(names)}")
+    for i, size in enumerate(models.sizes):
+        if size not in names:
+            raise ConfigError(
+                f"models.sizes[{i}]: got {size!r}; expected a rung of ladder {models.ladder!r}: {', '.join(names)}"
+            )
+
+
+def override_help(cls=StudyConfig, path: str = "") -> list[str]:
+    """One line per settable key: `key.path  type  (default)`, for --help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _join(path, f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += override_help(tp, key)
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f" (default {f.default!r})"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f" (default {f.default_factory()!r})"
+        else:
+            default = " (required)"
+        lines.append(f"  {key:<36} {_describe(tp)}{default}")
+    return lines
+
+
+def to_dict(cfg: StudyConfig) -> dict:
+    return dataclasses.asdict(cfg)

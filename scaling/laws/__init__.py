@@ -1,0 +1,1 @@
+from .fitting import Fit, FitError, extrapolation_scores, fit, pareto_frontier

@@ -1,0 +1,418 @@
+"""Fitting scaling laws: robust, bounded, multi-start, checked by extrapolation, with bootstrap intervals.
+
+The loss is Huber on log residuals, ``log y - log f(x)``: relative errors weigh the same at every scale and a few
+bad runs cannot drag the curve. Each form proposes a grid of starting points (mostly closed-form profiles, see
+:mod:`scaling.laws.forms`); the best few by loss seed a bounded trust-region optimiser
+(:func:`scipy.optimize.least_squares`), so parameters stay in their valid ranges (``E >= 0``, decay rates in
+``[0, 5]``, ...). ``form="auto"`` fits every candidate to all but the largest ``x`` and keeps the one that
+predicts those best, because a law's use is extrapolation and the in-sample fit rewards flexibility instead.
+Intervals come from a residual bootstrap (resampled log residuals, inflated for the degrees of freedom used),
+computed on first use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Union
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .forms import FORMS, Data, Form
+
+ArrayLike = Union[Sequence[float], np.ndarray]
+XLike = Union[ArrayLike, Mapping[str, ArrayLike]]
+
+AUTO_FORMS = {1: ("power", "saturating", "m4", "broken"), 2: ("joint",)}
+DEFAULT_HUBER_DELTA = 1e-3  # in log units, as Hoffmann et al. 2022: close to L1, robust to outlier runs
+N_LOCAL_STARTS = 3  # the best starts of the grid that get a full local optimisation
+
+
+class FitError(ValueError):
+    """Input a law cannot be fitted to, or a fit that did not produce finite parameters."""
+
+
+# --- input checks -------------------------------------------------------------------------------------------
+
+
+def _as_vector(values: ArrayLike, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1:
+        raise FitError(f"{name} must be a 1-D array of numbers, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise FitError(f"{name} has {bad.size} non-finite value(s) (NaN or inf), first at index {bad[0]}: "
+                       f"{arr[bad[0]]}; drop or fix those rows before fitting")
+    return arr
+
+
+def _positive(arr: np.ndarray, name: str) -> np.ndarray:
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        raise FitError(f"{name} must be > 0 (laws are fitted in log space), but {bad.size} value(s) are not, "
+                       f"first at index {bad[0]}: {arr[bad[0]]}")
+    return arr
+
+
+def _inputs(x: XLike, n: int | None = None) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
+    """Named positive 1-D inputs: a mapping of several, or one array called 'x'."""
+    if isinstance(x, Mapping):
+        if not x:
+            raise FitError("x is an empty mapping; give one named 1-D array per variable")
+        names = tuple(str(k) for k in x)
+        arrays = tuple(_positive(_as_vector(v, f"x[{k!r}]"), f"x[{k!r}]") for k, v in x.items())
+    else:
+        names, arrays = ("x",), (_positive(_as_vector(x, "x"), "x"),)
+    lengths = {len(a) for a in arrays} | ({n} if n is not None else set())
+    if len(lengths) > 1:
+        raise FitError(f"inputs differ in length: {dict(zip(names, (len(a) for a in arrays)))}"
+                       + (f" but y has {n}" if n is not None else ""))
+    return names, arrays
+
+
+def _check_enough(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, n_fixed: int = 0) -> None:
+    p = form.n_params - n_fixed
+    distinct = len({tuple(col) for col in np.column_stack(arrays)})
+    if len(y) < p + 1 or distinct < p:
+        raise FitError(f"form {form.name!r} has {p} free parameters and needs at least {p + 1} points at "
+                       f"{p} or more distinct x; got {len(y)} points at {distinct} distinct x")
+
+
+# --- Pareto frontier ----------------------------------------------------------------------------------------
+
+
+def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
+    """Indices of the compute-efficient frontier: the lowest ``y`` in each of ``bins`` log-spaced bins of
+    ``x``, kept only where it beats every bin to its left (so the frontier falls monotonically)."""
+    xs = _positive(_as_vector(x, "x"), "x")
+    ys = _as_vector(y, "y")
+    if len(xs) != len(ys):
+        raise FitError(f"x has {len(xs)} values but y has {len(ys)}")
+    if bins < 1:
+        raise FitError(f"bins must be >= 1, got {bins}")
+    edges = np.linspace(np.log(xs.min()), np.log(xs.max()), bins + 1)
+    which = np.clip(np.searchsorted(edges, np.log(xs), side="right") - 1, 0, bins - 1)
+    keep, best = [], np.inf
+    for b in range(bins):
+        members = np.flatnonzero(which == b)
+        if members.size:
+            i = members[np.argmin(ys[members])]
+            if ys[i] < best:
+                keep.append(i)
+                best = ys[i]
+    return np.array(keep, dtype=int)
+
+
+# --- one form, one data set ---------------------------------------------------------------------------------
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, r * r, delta * (2.0 * a - delta))
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A form on centred data, with the bounds split into free parameters and ones pinned by lo == hi."""
+
+    form: Form
+    data: Data
+    log_ref: np.ndarray  # the centre of each log input
+    delta: float
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def make(cls, form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, delta: float,
+             chance: float | None) -> _Problem:
+        logs = tuple(np.log(a) for a in arrays)
+        log_ref = np.array([0.5 * (lx.min() + lx.max()) for lx in logs])
+        data = Data(tuple(lx - r for lx, r in zip(logs, log_ref)), y, chance)
+        lo, hi = form.bounds(data)
+        return cls(form, data, log_ref, delta, np.asarray(lo, float), np.asarray(hi, float))
+
+    def centred(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(np.log(a) - r for a, r in zip(arrays, self.log_ref))
+
+    @property
+    def free(self) -> np.ndarray:
+        return self.hi > self.lo
+
+    def full(self, theta_free: np.ndarray) -> np.ndarray:
+        theta = self.lo.copy()
+        theta[self.free] = theta_free
+        return theta
+
+    def residuals(self, theta: np.ndarray, ly: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            r = ly - self.form.log_predict(theta, self.data.u)
+        # The optimiser may probe the edge of a form's domain; a large finite residual steers it back.
+        return np.where(np.isfinite(r), r, 1e3)
+
+    def loss(self, theta: np.ndarray, ly: np.ndarray) -> float:
+        return float(np.sum(_huber(self.residuals(theta, ly), self.delta)))
+
+    def clip(self, theta: np.ndarray) -> np.ndarray:
+        span = self.hi - self.lo
+        return np.clip(theta, self.lo + 1e-9 * span, self.hi - 1e-9 * span)
+
+    def local(self, start: np.ndarray, ly: np.ndarray) -> np.ndarray:
+        free = self.free
+        sol = least_squares(lambda t: self.residuals(self.full(t), ly), self.clip(start)[free],
+                            bounds=(self.lo[free], self.hi[free]), loss="huber", f_scale=self.delta,
+                            method="trf", x_scale="jac", max_nfev=200 * (1 + int(free.sum())))
+        return self.full(sol.x)
+
+    def solve(self, ly: np.ndarray | None = None) -> np.ndarray:
+        ly = self.data.ly if ly is None else ly
+        starts = np.array([self.clip(s) for s in self.form.starts(self.data) if np.all(np.isfinite(s))])
+        if not len(starts):
+            raise FitError(f"form {self.form.name!r}: no valid starting point for these data")
+        order = np.argsort([self.loss(s, ly) for s in starts])
+        fits = [self.local(starts[i], ly) for i in order[:N_LOCAL_STARTS]]
+        best = min(fits, key=lambda t: self.loss(t, ly))
+        if not np.all(np.isfinite(best)) or not np.isfinite(self.loss(best, ly)):
+            raise FitError(f"form {self.form.name!r} did not converge to finite parameters")
+        return best
+
+
+def _solve(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, delta: float,
+           chance: float | None) -> tuple[np.ndarray, _Problem]:
+    problem = _Problem.make(form, arrays, y, delta, chance)
+    _check_enough(form, arrays, y, n_fixed=int((~problem.free).sum()))
+    return problem.solve(), problem
+
+
+# --- the result ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Fit:
+    """A fitted law. ``params`` and ``ci`` use the names of the form's formula, in the units of the data.
+
+    ``ci`` (95%) and :meth:`predict_interval` come from a residual bootstrap run once, on first use, with
+    ``n_boot`` replicates seeded by ``seed``. ``selection`` holds, for ``form="auto"``, each candidate's RMSE of
+    log y on the held-out largest x (``None`` where a form had too few points to be tried).
+    """
+
+    form: str
+    params: dict[str, float]
+    variables: tuple[str, ...]
+    x: tuple[np.ndarray, ...] = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    selection: dict[str, float | None] = field(default_factory=dict)
+    n_boot: int = 200
+    seed: int = 0
+    _problem: _Problem = field(repr=False, default=None)  # type: ignore[assignment]
+    _theta: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def formula(self) -> str:
+        return FORMS[self.form].formula
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """Log residuals ``log y - log f(x)`` at the fitted points."""
+        return self._problem.residuals(self._theta, self._problem.data.ly)
+
+    @property
+    def rmse(self) -> float:
+        """In-sample RMSE of log y."""
+        return float(np.sqrt(np.mean(self.residuals ** 2)))
+
+    def _u(self, x: XLike) -> tuple[np.ndarray, ...]:
+        if isinstance(x, Mapping):
+            missing = set(self.variables) - set(map(str, x))
+            if missing:
+                raise FitError(f"x lacks variable(s) {sorted(missing)} of this {self.form!r} law")
+            x = {k: np.ravel(x[k]) for k in self.variables}
+        elif len(self.variables) > 1:
+            raise FitError(f"this {self.form!r} law takes a mapping with keys {list(self.variables)}")
+        else:
+            x = np.ravel(x)
+        return self._problem.centred(_inputs(x)[1])
+
+    def predict(self, x: XLike) -> np.ndarray:
+        """The law at ``x`` (an array, or a mapping of named arrays for two-variable laws)."""
+        return np.exp(FORMS[self.form].log_predict(self._theta, self._u(x)))
+
+    @cached_property
+    def _draws(self) -> np.ndarray:
+        """Bootstrap replicates of the internal parameters, shape (n_boot, n_params)."""
+        if self.n_boot < 2:
+            raise FitError(f"intervals need n_boot >= 2 bootstrap replicates, this fit has {self.n_boot}")
+        problem = self._problem
+        n, p = len(self.y), int(problem.free.sum())
+        r = self.residuals
+        # Centred residuals, scaled up for the p parameters the fit spent, so that the spread is not understated.
+        pool = (r - r.mean()) * math.sqrt(n / max(n - p, 1))
+        fitted = problem.data.ly - r
+        rng = np.random.default_rng(self.seed)
+        draws = []
+        for _ in range(self.n_boot):
+            theta = problem.local(self._theta, fitted + rng.choice(pool, size=n, replace=True))
+            if np.all(np.isfinite(theta)):
+                draws.append(theta)
+        if len(draws) < 0.8 * self.n_boot:
+            raise FitError(f"bootstrap of form {self.form!r}: only {len(draws)} of {self.n_boot} refits finite")
+        return np.array(draws)
+
+    def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
+        """Bootstrap percentile intervals of the parameters at ``level``."""
+        _check_level(level)
+        public = FORMS[self.form].to_public(self._draws, self._problem.log_ref)
+        q = np.quantile(public, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return {name: (float(q[0, i]), float(q[1, i])) for i, name in enumerate(FORMS[self.form].params)}
+
+    @cached_property
+    def ci(self) -> dict[str, tuple[float, float]]:
+        """95% bootstrap intervals of the parameters: name -> (low, high)."""
+        return self.intervals(0.95)
+
+    def predict_interval(self, x: XLike, level: float = 0.95, noise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Bootstrap band (low, high) of the law at ``x``. With ``noise`` it also covers the scatter of a single
+        new run around the law (resampled residuals), i.e. a prediction interval rather than a confidence band."""
+        _check_level(level)
+        u = self._u(x)
+        form = FORMS[self.form]
+        curves = np.array([form.log_predict(theta, u) for theta in self._draws])
+        if noise:
+            r = self.residuals
+            rng = np.random.default_rng(self.seed + 1)
+            curves = curves + rng.choice(r - r.mean(), size=curves.shape, replace=True)
+        low, high = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return np.exp(low), np.exp(high)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (computes the intervals if they were not yet)."""
+        return {
+            "form": self.form,
+            "formula": self.formula,
+            "variables": list(self.variables),
+            "params": dict(self.params),
+            "ci95": {k: list(v) for k, v in self.ci.items()},
+            "selection": dict(self.selection),
+            "n_points": int(len(self.y)),
+            "x_range": {name: [float(a.min()), float(a.max())] for name, a in zip(self.variables, self.x)},
+            "rmse_log": self.rmse,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+        }
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise FitError(f"level must be in (0, 1), got {level}")
+
+
+# --- selection and the entry point --------------------------------------------------------------------------
+
+
+def _holdout_split(x: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the points at the largest distinct x values (at least one value) to hold out."""
+    distinct = np.unique(x)
+    k = max(1, int(round(fraction * len(distinct))))
+    return x >= distinct[-k]
+
+
+def extrapolation_scores(x: ArrayLike, y: ArrayLike, forms: Sequence[str] = AUTO_FORMS[1], *,
+                         holdout: float = 0.2, huber_delta: float = DEFAULT_HUBER_DELTA,
+                         chance: float | None = None) -> dict[str, float | None]:
+    """RMSE of log y on the largest ``holdout`` fraction of distinct x, for each form fitted to the rest.
+
+    A form that cannot be fitted to what is left (too few points) scores ``None``.
+    """
+    _, (xs,) = _inputs(x)
+    ys = _target(y, len(xs))
+    held = _holdout_split(xs, holdout)
+    scores: dict[str, float | None] = {}
+    for name in forms:
+        try:
+            theta, problem = _solve(FORMS[name], (xs[~held],), ys[~held], huber_delta, chance)
+        except FitError:
+            scores[name] = None
+            continue
+        r = np.log(ys[held]) - FORMS[name].log_predict(theta, problem.centred((xs[held],)))
+        scores[name] = float(np.sqrt(np.mean(r ** 2))) if np.all(np.isfinite(r)) else None
+    return scores
+
+
+def _target(y: ArrayLike, n: int) -> np.ndarray:
+    ys = _positive(_as_vector(y, "y"), "y")
+    if len(ys) != n:
+        raise FitError(f"y has {len(ys)} values but x has {n}")
+    if np.ptp(ys) == 0:
+        raise FitError(f"y is constant ({ys[0]}): there is no trend to fit a law to")
+    return ys
+
+
+def fit(x: XLike, y: ArrayLike, form: str = "auto", *, huber_delta: float = DEFAULT_HUBER_DELTA,
+        chance: float | None = None, frontier_bins: int | None = None, holdout: float = 0.2,
+        n_boot: int = 200, seed: int = 0) -> Fit:
+    """Fit a scaling law ``y = f(x)``.
+
+    Args:
+        x: positive sizes (1-D), or for two-variable forms a mapping of named 1-D arrays, e.g. ``{"N": n, "D": d}``
+            (the first name takes ``A``/``alpha``, the second ``B``/``beta``).
+        y: positive errors or losses, one per point (replicates at the same x are fine).
+        form: ``"auto"`` or one of ``power``, ``saturating``, ``m4``, ``broken``, ``joint``, ``transfer``.
+            ``"auto"`` picks among ``power, saturating, m4, broken`` (one variable) by RMSE of log y on the
+            held-out largest x, then refits the winner to all points; with a mapping it means ``joint``.
+        huber_delta: Huber threshold in log units.
+        chance: the chance-level error, fixing ``E0`` of ``m4`` (e.g. 0.5 for ``1 - AUC``); fitted if None.
+        frontier_bins: fit only the Pareto frontier, the best y in each of this many log-spaced x bins.
+        holdout: fraction of distinct x values (the largest) held out when ``form="auto"`` selects.
+        n_boot, seed: bootstrap replicates and seed for ``ci`` and ``predict_interval``.
+
+    Raises:
+        FitError: NaN/inf, non-positive x or y, constant y, mismatched lengths, fewer points than the form
+            needs, or an unknown form -- before any fitting starts.
+
+    Example:
+        >>> import numpy as np
+        >>> from scaling.laws import fit
+        >>> x = np.logspace(3, 6, 12)
+        >>> law = fit(x, 0.1 + 5 * x ** -0.4, form="saturating")
+        >>> round(law.params["alpha"], 3), round(law.params["E"], 3)
+        (0.4, 0.1)
+    """
+    names, arrays = _inputs(x)
+    ys = _target(y, len(arrays[0]))
+    if huber_delta <= 0:
+        raise FitError(f"huber_delta must be > 0, got {huber_delta}")
+    if form == "auto":
+        if len(arrays) not in AUTO_FORMS:
+            raise FitError(f"form='auto' takes one variable or a mapping of two, got {len(arrays)}")
+        candidates = AUTO_FORMS[len(arrays)]
+    elif form in FORMS:
+        candidates = (form,)
+        if FORMS[form].variables != len(arrays):
+            raise FitError(f"form {form!r} takes {FORMS[form].variables} variable(s) "
+                           f"({FORMS[form].formula}), got {len(arrays)}: {list(names)}")
+    else:
+        raise FitError(f"unknown form {form!r}; choose 'auto' or one of {sorted(FORMS)}")
+    if frontier_bins is not None:
+        if len(arrays) != 1:
+            raise FitError("frontier_bins applies to one-variable laws (best y per x bin)")
+        keep = pareto_frontier(arrays[0], ys, frontier_bins)
+        arrays, ys = (arrays[0][keep],), ys[keep]
+
+    selection: dict[str, float | None] = {}
+    chosen = candidates[0]
+    if len(candidates) > 1:
+        selection = extrapolation_scores(arrays[0], ys, candidates, holdout=holdout, huber_delta=huber_delta,
+                                         chance=chance)
+        scored = {k: v for k, v in selection.items() if v is not None}
+        # With too few points to hold any out, the simplest form is the honest choice.
+        chosen = min(scored, key=scored.__getitem__) if scored else candidates[0]
+
+    form_obj = FORMS[chosen]
+    theta, problem = _solve(form_obj, arrays, ys, huber_delta, chance)
+    public = form_obj.to_public(theta, problem.log_ref)
+    if not np.all(np.isfinite(public)):
+        raise FitError(f"form {chosen!r}: parameters overflow in the units of the data: {public}")
+    return Fit(form=chosen, params=dict(zip(form_obj.params, map(float, public))), variables=names,
+               x=arrays, y=ys, selection=selection, n_boot=n_boot, seed=seed, _problem=problem, _theta=theta)

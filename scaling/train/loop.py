@@ -1,0 +1,234 @@
+"""The per-worker training loop: pre-training, fine-tuning and from-scratch training are one loop.
+
+Runs inside a Ray Train worker (or in-process in Train's local mode). The job is described by a `JobSpec`;
+batches are a pure function of (seed, step) (see batches.py), so a job restarted from its last checkpoint
+finishes with exactly the steps and data of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+STATE_FILE = "state.pt"
+#: BiT trains on random 480 crops of 512 images: the same ratio at every resolution
+CROP_FRACTION = 480 / 512
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one training job needs; picklable, shipped to every worker."""
+
+    kind: str  # "pretrain" | "finetune" | "scratch"
+    ladder: str
+    model: str
+    shards: str  # path of a ShardSet
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+    test: tuple[int, ...]
+    recipe: object  # scaling.config.Recipe
+    seed: int
+    #: pre-trained weights file (see `save_weights`); None trains from random init
+    init: str | None = None
+    bf16: bool = True
+    loader_workers: int = 0
+    #: extra values echoed into every report (trial axes), for the callbacks that log them
+    tags: dict = field(default_factory=dict)
+
+
+def train_loop(spec: JobSpec) -> dict:
+    """Train per `spec`, evaluating every `recipe.eval_every` steps; returns the final metrics (rank 0)."""
+    import ray.train
+    import ray.train.torch
+    from scaling.data.shards import ShardDataset, ShardSet
+    from scaling.data.subsets import balanced_sampler_weights
+    from scaling.train.batches import StepBatches
+    from scaling.train.optim import make_optimizer, make_scheduler
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    recipe = spec.recipe
+    torch.manual_seed(spec.seed)
+
+    shards = ShardSet.open(spec.shards)
+    task = shards.task
+    model = _build_model(spec, task.num_outputs, shards.preprocess.resolution)
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe)
+
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+
+    train_set = ShardDataset(shards, spec.train)
+    val_set = ShardDataset(shards, spec.val).partition(rank, world)
+    test_set = ShardDataset(shards, spec.test).partition(rank, world) if spec.test else None
+    weights = balanced_sampler_weights(train_set.labels) if recipe.balanced_sampling else None
+    sampler = StepBatches(np.arange(len(train_set)), recipe.batch_size, spec.seed, start=start, stop=recipe.steps,
+                          rank=rank, world_size=world, grad_accum=recipe.grad_accum, weights=weights)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=spec.loader_workers,
+                                         pin_memory=on_gpu)
+    augment_rng = torch.Generator()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and spec.bf16)
+
+    step, micro = start, 0
+    metrics: dict = {}
+    # time spent in steps (data loading included) and in evaluation, to tell training from overhead
+    clock = {"train_seconds": 0.0, "eval_seconds": 0.0, "first_step_at": time.time()}
+    tick = time.perf_counter()
+    model.train()
+    for images, labels in loader:
+        # augmentation, like the batches, is a function of (seed, step): a resumed job replays it exactly
+        augment_rng.manual_seed(hash((spec.seed, step, micro, rank)) & 0x7FFFFFFF)
+        images = _prepare(images, device, train=recipe.augment, rng=augment_rng, on_gpu=on_gpu)
+        labels = labels.to(device)
+        last_micro = micro == recipe.grad_accum - 1
+        with _no_sync_unless(model, last_micro), autocast:
+            loss = _loss(task.kind, model(images), labels) / recipe.grad_accum
+        loss.backward()
+        micro += 1
+        if not last_micro:
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step, micro = step + 1, 0
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            clock["train_seconds"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            final = step == recipe.steps
+            metrics = {"step": step, "train_loss": float(loss) * recipe.grad_accum, "lr": scheduler.get_last_lr()[0],
+                       **_prefixed("val", _evaluate(model, val_set, task.kind, device, autocast, world))}
+            if final and test_set is not None:
+                metrics.update(_prefixed("test", _evaluate(model, test_set, task.kind, device, autocast, world)))
+            clock["eval_seconds"] += time.perf_counter() - tick
+            metrics.update(spec.tags, **clock, reported_at=time.time())
+            _report(metrics, model, optimizer, scheduler, step, rank)
+            model.train()
+            tick = time.perf_counter()
+    return metrics
+
+
+def _build_model(spec: JobSpec, num_outputs: int, resolution: int) -> torch.nn.Module:
+    """The rung with a head for this task; from `spec.init` when given (its head is kept only when it fits,
+    and always replaced by a zero-initialised one for fine-tuning, as BiT does)."""
+    from scaling import models
+
+    model = models.create_model(spec.ladder, spec.model, num_classes=num_outputs, pretrained=spec.init,
+                                img_size=_crop_size(resolution) if models.rung(spec.ladder, spec.model).patch else None)
+    if spec.init is not None and spec.kind == "finetune":
+        models.new_head(model, num_outputs, zero_init=True)
+    return model
+
+
+def _crop_size(side: int) -> int:
+    return max(1, round(side * CROP_FRACTION))
+
+
+def _prepare(images: torch.Tensor, device, *, train: bool, rng: torch.Generator, on_gpu: bool) -> torch.Tensor:
+    """Crop (random when training, centre otherwise), flip when training, normalise to [-1, 1] as BiT."""
+    from scaling.models import to_rgb
+
+    side = images.shape[-1]
+    crop = _crop_size(side)
+    if train:
+        offsets = torch.randint(0, side - crop + 1, (2,), generator=rng).tolist()
+        images = images[..., offsets[0]:offsets[0] + crop, offsets[1]:offsets[1] + crop]
+        if torch.rand((), generator=rng) < 0.5:
+            images = images.flip(-1)
+    else:
+        o = (side - crop) // 2
+        images = images[..., o:o + crop, o:o + crop]
+    images = to_rgb(images.to(device, non_blocking=True)).sub(0.5).div(0.5)
+    return images.contiguous(memory_format=torch.channels_last) if on_gpu else images
+
+
+def _loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if kind == "multiclass":
+        return F.cross_entropy(logits, labels.long())
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(logits.squeeze(1), labels.float())
+    known = ~torch.isnan(labels)  # multilabel: uncertain / missing labels carry no loss
+    losses = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels), reduction="none")
+    return (losses * known).sum() / known.sum().clamp(min=1)
+
+
+def _probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if kind == "multiclass":
+        return logits.softmax(1)
+    probs = logits.sigmoid()
+    return probs.squeeze(1) if kind == "binary" else probs
+
+
+@torch.no_grad()
+def _evaluate(model, dataset, kind: str, device, autocast, world: int, batch_size: int = 256) -> dict:
+    """Metrics over a split: each rank scores its partition, then every rank computes them on the union."""
+    from scaling.train.metrics import evaluate
+
+    model.eval()
+    probs, labels = [], []
+    for images, targets in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        images = _prepare(images, device, train=False, rng=None, on_gpu=device.type == "cuda")
+        with autocast:
+            probs.append(_probabilities(kind, model(images)).cpu().numpy())
+        labels.append(targets.numpy())
+    part = (probs, labels)
+    if world > 1 and torch.distributed.is_initialized():
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, part)
+        part = ([p for g in gathered for p in g[0]], [y for g in gathered for y in g[1]])
+    return evaluate(kind, np.concatenate(part[1]), np.concatenate(part[0]))
+
+
+def _report(metrics: dict, model, optimizer, scheduler, step: int, rank: int) -> None:
+    """Report metrics with a checkpoint of the full training state (written by rank 0 only)."""
+    import ray.train
+
+    metrics = {k: v for k, v in metrics.items() if _is_scalar(v)}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step}, os.path.join(d, STATE_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _prefixed(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (int, float, str, bool))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _no_sync_unless(model, sync: bool):
+    """Skip the DDP all-reduce on all but the last micro-batch of a gradient-accumulation step."""
+    import contextlib
+
+    if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()

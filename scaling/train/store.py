@@ -1,0 +1,255 @@
+"""Content-addressed store of pre-trained checkpoints, shared by every job of a study (and by later studies).
+
+An entry is a directory ``ROOT/<key>/`` holding the files its build wrote plus ``manifest.json`` (the key's
+parts, file sizes, when and where it was built), so a human can see what a hash holds. The key is the sha256 of
+the canonical JSON of its parts: model, source data + preprocessing hash, subset size, seed, recipe.
+
+Commit protocol (a killed build leaves nothing that looks finished): the build writes into
+``ROOT/.tmp/<key>.<token>/``; then every file and directory there is fsynced, the manifest is written and
+fsynced last, the directory is renamed to ``ROOT/<key>`` (atomic within one file system) and the root fsynced.
+An entry exists exactly when ``ROOT/<key>/manifest.json`` does.
+
+Locking (one build per key across processes and nodes): the store lives on a parallel file system and its
+requesters run on different nodes. ``flock``/``fcntl`` locks are not coherent across nodes on Lustre unless it is
+mounted with ``-o flock`` (``localflock`` silently locks per node), and are unreliable on some NFS setups, so the
+lock is a file ``ROOT/.locks/<key>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on NFSv3+, GPFS and Lustre)
+holding the owner's host, pid and a token. A thread of the owner refreshes its mtime every `heartbeat_s`. A waiter
+takes the lock over when the owner is provably dead (same host name, pid gone) or its heartbeat is older than
+`stale_s` (another node died or hangs); node clocks are assumed to agree to well within `stale_s`.
+Correctness does not rest on the lock: a takeover race can at worst build a key twice, and then the second
+rename fails on the finished entry and its copy is discarded. The lock only keeps expensive builds from repeating.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+MANIFEST = "manifest.json"
+#: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
+STATE_FILE = "model.pt"
+
+_log = logging.getLogger(__name__)
+_HOST = socket.gethostname()
+
+
+def key_for(**parts: Any) -> str:
+    """sha256 (hex) of the canonical JSON of `parts` (sorted keys, no whitespace). Parts must be JSON values;
+    normalise types first, since 1 and 1.0 give different keys."""
+    if not parts:
+        raise ValueError("a checkpoint key needs at least one part")
+    try:
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint key parts must be JSON values (str, int, finite float, bool, None, lists, "
+                         f"dicts with str keys): {e}") from e
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_owner(path: Path) -> dict:
+    """The owner record of a lock file; {} when the file is gone or its creator has not written it yet."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown owner: only its heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    """Checkpoints under `root`, each built at most once per key (see the module docstring)."""
+
+    def __init__(self, root: str | Path, *, heartbeat_s: float = 10.0, stale_s: float = 120.0, poll_s: float = 1.0):
+        if not stale_s > 2 * heartbeat_s > 0:
+            raise ValueError(f"stale_s ({stale_s}) must exceed two heartbeats ({heartbeat_s} s each)")
+        self.root = Path(root)
+        self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
+        for sub in (".tmp", ".locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Directory of entry `key` (it may not exist yet)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ValueError(f"not a checkpoint key (64 lowercase hex digits, see key_for): {key!r}")
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        """Whether entry `key` is finished."""
+        return (self.path(key) / MANIFEST).is_file()
+
+    def manifest(self, key: str) -> dict:
+        """The manifest of finished entry `key`: key, parts, files (relative path -> bytes), created, host, build_s."""
+        return json.loads((self.path(key) / MANIFEST).read_text())
+
+    def load(self, key: str, name: str = STATE_FILE) -> Any:
+        """File `name` of finished entry `key`, read by ``torch.load(..., weights_only=True)`` onto the CPU."""
+        import torch  # only loading needs torch; lock waiters and builders' parents do not
+
+        if not self.exists(key):
+            raise FileNotFoundError(f"no finished checkpoint {key} in {self.root}")
+        return torch.load(self.path(key) / name, map_location="cpu", weights_only=True)
+
+    def get_or_create(self, parts: Mapping[str, Any], build: Callable[[Path], None],
+                      timeout_s: float | None = None) -> Path:
+        """The entry for `parts`, calling ``build(tmp_dir)`` to write its files unless it exists or is being built
+        elsewhere, in which case this waits (up to `timeout_s`, then TimeoutError) and returns the finished entry.
+        If `build` raises, nothing is stored and the error propagates; the next request builds again."""
+        key = key_for(**parts)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        announced = False
+        while not self.exists(key):
+            with self._lock(key) as token:
+                if token is not None:
+                    if not self.exists(key):  # it may have been finished between our check and our lock
+                        self._build(key, dict(parts), build, token)
+                    break
+            if not announced:
+                _log.info("waiting for %s, built by %s", key, _read_owner(self._lock_path(key)))
+                announced = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s} s for checkpoint {key} in {self.root}, built by "
+                                   f"{_read_owner(self._lock_path(key)) or 'a process that has not said who'}")
+            time.sleep(self.poll_s)
+        return self.path(key)
+
+    # -- building -------------------------------------------------------------------------------------------------
+
+    def _tmp_dir(self, key: str, token: str) -> Path:
+        return self.root / ".tmp" / f"{key}.{token}"
+
+    def _build(self, key: str, parts: dict, build: Callable[[Path], None], token: str) -> None:
+        tmp = self._tmp_dir(key, token)
+        tmp.mkdir()
+        try:
+            start = time.monotonic()
+            build(tmp)
+            if (tmp / MANIFEST).exists():
+                raise ValueError(f"the build wrote {MANIFEST}, a file name the checkpoint store reserves")
+            files = {}
+            for dirpath, _, filenames in os.walk(tmp, topdown=False):
+                for name in filenames:
+                    file = Path(dirpath, name)
+                    _fsync(file)
+                    files[str(file.relative_to(tmp))] = file.stat().st_size
+                _fsync(Path(dirpath))
+            manifest = {"key": key, "parts": parts, "files": dict(sorted(files.items())),
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": _HOST,
+                        "build_s": round(time.monotonic() - start, 3)}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync(tmp)
+            try:
+                os.rename(tmp, self.path(key))
+            except OSError:
+                if not self.exists(key):
+                    raise
+                _log.warning("checkpoint %s was built twice (a lock was taken over); keeping the first", key)
+                shutil.rmtree(tmp)
+            _fsync(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- locking --------------------------------------------------------------------------------------------------
+
+    def _lock_path(self, key: str) -> Path:
+        return self.root / ".locks" / f"{key}.lock"
+
+    @contextmanager
+    def _lock(self, key: str) -> Iterator[str | None]:
+        """Yields this owner's token while holding the lock of `key`, or None when another owner holds it (after
+        taking over a stale lock, so that the next attempt can succeed)."""
+        path = self._lock_path(key)
+        token = uuid.uuid4().hex
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._break_if_stale(key)
+            yield None
+            return
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": _HOST, "pid": os.getpid(), "token": token, "key": key,
+                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(path, token, stop), daemon=True,
+                                name=f"checkpoint-lock-{key[:8]}")
+        beat.start()
+        try:
+            yield token
+        finally:
+            stop.set()
+            beat.join()
+            if _read_owner(path).get("token") == token:
+                path.unlink(missing_ok=True)
+
+    def _heartbeat(self, path: Path, token: str, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            if _read_owner(path).get("token") != token:
+                return  # taken over: leave the new owner's heartbeat alone
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return
+
+    def _break_if_stale(self, key: str) -> None:
+        path = self._lock_path(key)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        owner = _read_owner(path)
+        dead = owner.get("host") == _HOST and not _alive(owner.get("pid"))
+        if not dead and age <= self.stale_s:
+            return
+        # Move the lock aside under a unique name, then check that it is the one judged stale: between that
+        # judgement and the rename another waiter may have broken it and taken a fresh lock.
+        grave = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(path, grave)
+        except FileNotFoundError:
+            return
+        moved = _read_owner(grave)
+        if moved.get("token") != owner.get("token"):
+            try:
+                os.link(grave, path)  # put the fresh lock back, unless yet another owner has appeared
+            except FileExistsError:
+                pass
+        else:
+            _log.warning("took over the lock of checkpoint %s from %s (%s)", key, owner or "an unknown owner",
+                         "dead" if dead else f"no heartbeat for {age:.0f} s")
+            if owner.get("token"):
+                shutil.rmtree(self._tmp_dir(key, owner["token"]), ignore_errors=True)
+        grave.unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""Training jobs on a real local Ray cluster: 2-worker DDP over gloo, pre-train then fine-tune, and a worker
+process killed for real mid-job."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from scaling.config import ResourcesConfig, Recipe
+from scaling.data.registry import open_dataset
+from scaling.data.shards import Preprocess, prepare_shards
+from scaling.train.job import export_weights, run_job
+from scaling.train.loop import JobSpec
+
+pytestmark = pytest.mark.slow
+
+RESOLUTION = 32
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("shards")
+    pre = Preprocess(resolution=RESOLUTION)
+    medical = prepare_shards(open_dataset("synthetic-medical", size=256, image_size=RESOLUTION), pre, cache)
+    target = prepare_shards(open_dataset("synthetic-covidx", size=192, test_size=64, image_size=RESOLUTION), pre, cache)
+    return medical, target
+
+
+def _indices(shards, split):
+    recs = shards.records
+    return tuple(int(i) for i in recs["index"][recs["split"] == split])
+
+
+def _spec(shards, kind, steps, **kw):
+    train = _indices(shards, "train")
+    recipe = Recipe(steps=steps, batch_size=16, lr=0.05, eval_every=kw.pop("eval_every", steps), warmup_steps=2)
+    return JobSpec(kind=kind, ladder="cpu", model=kw.pop("model", _smallest_rung()), shards=str(shards.path),
+                   train=train[:-32], val=train[-32:], test=_indices(shards, "test"), recipe=recipe, seed=0, **kw)
+
+
+def _smallest_rung():
+    from scaling.models import LADDERS
+
+    return LADDERS["cpu"].rungs[0].name
+
+
+def test_two_workers_pretrain_then_finetune(ray_cluster, shards, tmp_path):
+    medical, target = shards
+    two = ResourcesConfig(num_workers=2)
+    pre = run_job(_spec(medical, "pretrain", 12), name="pre", storage_path=tmp_path, resources=two)
+    assert pre.error is None and pre.metrics["step"] == 12
+    assert 0 <= pre.metrics["val_roc_auc"] <= 1
+    weights = tmp_path / "weights.pt"
+    export_weights(pre, weights)
+
+    fine = run_job(_spec(target, "finetune", 12, init=str(weights)), name="fine", storage_path=tmp_path,
+                   resources=two)
+    assert fine.error is None and fine.metrics["step"] == 12
+    assert {"test_roc_auc", "test_accuracy", "test_ece"} <= set(fine.metrics)
+    # rank 0's return value holds the same final metrics
+    assert fine.return_value["test_roc_auc"] == pytest.approx(fine.metrics["test_roc_auc"])
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: dict) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if any(run_dir.glob("checkpoint_*")):
+            for proc in psutil.process_iter(["cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+                    killed["at"] = time.time()
+                    return
+        time.sleep(0.2)
+
+
+def test_job_survives_a_killed_worker_and_finishes_all_steps(ray_cluster, shards, tmp_path):
+    _, target = shards
+    steps = 60
+    spec = _spec(target, "scratch", steps, eval_every=10)
+    killed: dict = {}
+    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "killed", killed))
+    watcher.start()
+    result = run_job(spec, name="killed", storage_path=tmp_path, resources=ResourcesConfig(num_workers=2, max_failures=2))
+    watcher.join()
+    assert "at" in killed, "no worker was killed: the job ended before its first checkpoint was seen"
+    assert result.error is None
+    assert result.metrics["step"] == steps
+    # the attempt that finished started after the kill, from a checkpoint (not from step 0)
+    assert result.metrics["first_step_at"] > killed["at"]
+
+    uninterrupted = run_job(spec, name="clean", storage_path=tmp_path, resources=ResourcesConfig(num_workers=2))
+    assert uninterrupted.metrics["step"] == steps
+    # batches and augmentation are functions of (seed, step): the resumed job ends where the clean one does
+    assert result.metrics["val_nll"] == pytest.approx(uninterrupted.metrics["val_nll"], rel=1e-4)
