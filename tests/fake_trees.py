@@ -101,6 +101,7 @@ def write_covidx(root: Path, lines: dict[str, list[str]] = COVIDX_9B_LINES, *, v
 
 def covidx_from_real_files(root: Path, version: str = "9B") -> Path:
     """A COVIDx tree from the real split files of `version`: the files copied, one placeholder PNG per line."""
+    root.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         name = f"{split}_COVIDx{version}.txt"
         text = (SHARED_COVIDX / name).read_text()
@@ -122,14 +123,16 @@ CHEXPERT_TRAIN_ROWS = [
     # healthy: the blank findings become 0, Support Devices stays as labelled
     "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0",
     # uncertain Cardiomegaly, Edema, Consolidation, Atelectasis, Pleural Effusion; positive Lung Opacity, Fracture
-    "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Female,87,Frontal,AP,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,",
+    "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Female,87,Frontal,AP,"
+    ",,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,",
     "CheXpert-v1.0-small/train/patient00002/study2/view2_lateral.jpg,Female,87,Lateral,,,,,1.0,,,,,,,,,,",
     "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Male,41,Frontal,PA,,,,,,1.0,,0.0,,,,,,",
 ]
+_CARDIAC = ",0.0,1.0,1.0,1.0" + ",0.0" * 10  # Enlarged Cardiomediastinum, Cardiomegaly, Lung Opacity
 CHEXPERT_VALID_ROWS = [
-    "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,0.0,1.0,1.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
-    "CheXpert-v1.0-small/valid/patient64541/study1/view2_lateral.jpg,Male,73,Lateral,,0.0,1.0,1.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
-    "CheXpert-v1.0-small/valid/patient64542/study1/view1_frontal.jpg,Male,70,Frontal,PA,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
+    "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP" + _CARDIAC,
+    "CheXpert-v1.0-small/valid/patient64541/study1/view2_lateral.jpg,Male,73,Lateral," + _CARDIAC,
+    "CheXpert-v1.0-small/valid/patient64542/study1/view1_frontal.jpg,Male,70,Frontal,PA,1.0" + ",0.0" * 13,
 ]
 
 
@@ -206,9 +209,12 @@ MIMIC_SPLIT = ["dicom_id,study_id,subject_id,split",
                "d1,50000001,10000001,train", "d2,50000001,10000001,train", "d3,50000002,10000002,train",
                "d4,50000003,10000003,validate", "d5,50000004,10000004,test", "d6,50000005,10000005,test"]
 MIMIC_META = ["dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns",
-              "d1,10000001,50000001,CHEST (PA AND LAT),PA,3056,2544", "d2,10000001,50000001,CHEST (PA AND LAT),LATERAL,3056,2544",
-              "d3,10000002,50000002,CHEST (PORTABLE AP),AP,2544,3056", "d4,10000003,50000003,CHEST (PA AND LAT),PA,3056,2544",
-              "d5,10000004,50000004,CHEST (PA AND LAT),PA,3056,2544", "d6,10000005,50000005,CHEST (PA AND LAT),PA,3056,2544"]
+              "d1,10000001,50000001,CHEST (PA AND LAT),PA,3056,2544",
+              "d2,10000001,50000001,CHEST (PA AND LAT),LATERAL,3056,2544",
+              "d3,10000002,50000002,CHEST (PORTABLE AP),AP,2544,3056",
+              "d4,10000003,50000003,CHEST (PA AND LAT),PA,3056,2544",
+              "d5,10000004,50000004,CHEST (PA AND LAT),PA,3056,2544",
+              "d6,10000005,50000005,CHEST (PA AND LAT),PA,3056,2544"]
 MIMIC_LABEL_HEADER = ("subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,"
                       "Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,"
                       "Pneumothorax,Support Devices")

@@ -88,6 +88,10 @@ def test_dicom_without_suffix_is_recognised(tmp_path):
     assert out.tolist() == [[0, 65535]]
 
 
+def noise(shape, top, dtype) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, top, shape, dtype=dtype)
+
+
 def truncated(path: Path, keep: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
@@ -95,9 +99,9 @@ def truncated(path: Path, keep: float) -> Path:
 
 
 @pytest.mark.parametrize("make", [
-    lambda d: truncated(write_png(d / "a.png", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)), 0.5),
-    lambda d: truncated(write_png(d / "a.png", np.random.default_rng(0).integers(0, 65535, (64, 64), dtype=np.uint16)), 0.5),
-    lambda d: truncated(write_jpeg(d / "a.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), 0.5),
+    lambda d: truncated(write_png(d / "a.png", noise((64, 64), 255, np.uint8)), 0.5),
+    lambda d: truncated(write_png(d / "a.png", noise((64, 64), 65535, np.uint16)), 0.5),
+    lambda d: truncated(write_jpeg(d / "a.jpg", noise((64, 64, 3), 255, np.uint8)), 0.5),
     lambda d: truncated(write_dicom(d / "a.dcm", np.zeros((16, 16), dtype=np.uint16)), 0.8),
     lambda d: (d / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) and d / "a.png",
     lambda d: (d / "a.jpg").write_bytes(b"this is not a jpeg") and d / "a.jpg",

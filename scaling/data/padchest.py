@@ -65,7 +65,8 @@ class PadChest(ImageTree):
         csv = parsed.csv
         folders = {p.name for p in self.root.iterdir() if p.is_dir()}
         image_dir = csv["ImageDir"].astype("Int64").astype(str)
-        keys = [f"{d}/{image}" if d in folders else image for d, image in zip(image_dir.tolist(), csv["ImageID"].tolist())]
+        keys = [f"{d}/{image}" if d in folders else image
+                for d, image in zip(image_dir.tolist(), csv["ImageID"].tolist())]
         # the release's CSV starts with an unnamed 0-based row number; its Report texts span several lines,
         # so records are named by row rather than by line
         rows = csv["Unnamed: 0"] if "Unnamed: 0" in csv else None

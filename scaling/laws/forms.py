@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import nnls
+from scipy.special import expit
 
 Inputs = tuple[np.ndarray, ...]  # centred log inputs, one array per variable
 Bounds = tuple[np.ndarray, np.ndarray]
@@ -158,24 +159,23 @@ def _saturating_starts(data: Data) -> np.ndarray:
 def _m4_fraction(c: np.ndarray, gamma: float) -> np.ndarray:
     """Solve log s - gamma·log(1 - s) = c for s in (0, 1); returned as t = logit(s).
 
-    The left side is increasing in t, so a Newton iteration kept inside a shrinking bracket converges from
-    the estimate that ignores whichever term is small.
+    The left side rises with t (like t for t << 0, like gamma·t for t >> 0), so Newton's method from the
+    matching asymptote, kept inside a shrinking bracket, converges in a few steps.
     """
-    t = np.where(c < 0, c, c / max(gamma, 1e-12))
-    t = np.clip(t, -700.0, 700.0)
-    lo = np.full_like(t, -750.0)
-    hi = np.full_like(t, 750.0)
-    for _ in range(60):
-        h = -_softplus(-t) + gamma * _softplus(t) - c
+    if gamma <= 0.0:  # no cap: s = e^c, saturating at s = 1 (y = E0) where c >= 0
+        return np.where(c < 0, c - np.log(-np.expm1(np.minimum(c, -1e-300))), 700.0)
+    t = np.clip(np.where(c < 0, c, c / gamma), -700.0, 700.0)
+    lo, hi = np.full_like(t, -750.0), np.full_like(t, 750.0)
+    tol = 1e-13 * (1.0 + np.abs(c))
+    for _ in range(100):
+        h = gamma * _softplus(t) - _softplus(-t) - c
+        done = np.abs(h) <= tol
+        if done.all():
+            break
         lo = np.where(h < 0, t, lo)
         hi = np.where(h > 0, t, hi)
-        slope = 1.0 / (1.0 + np.exp(t)) + gamma / (1.0 + np.exp(-t))
-        step = t - h / slope
-        inside = (step > lo) & (step < hi)
-        t_new = np.where(inside, step, 0.5 * (lo + hi))
-        if np.all(np.abs(t_new - t) < 1e-12 * (1.0 + np.abs(t))):
-            return t_new
-        t = t_new
+        step = t - h / (expit(-t) + gamma * expit(t))
+        t = np.where(done, t, np.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi)))
     return t
 
 
@@ -184,7 +184,7 @@ def _m4_log(theta: np.ndarray, u: Inputs) -> np.ndarray:
     b = e0 - e
     c = a - alpha * u[0] + (gamma - 1.0) * np.log(b)
     t = _m4_fraction(c, gamma)
-    return np.log(e + b / (1.0 + np.exp(-t)))
+    return np.log(e + b * expit(t))
 
 
 def _m4_e0_range(data: Data) -> tuple[float, float]:

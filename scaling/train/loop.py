@@ -6,6 +6,7 @@ finishes with exactly the steps and data of an uninterrupted one.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -89,9 +90,24 @@ def train_loop(spec: JobSpec) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and spec.bf16)
 
     step, micro = start, 0
-    metrics: dict = {}
     # time spent in steps (data loading included) and in evaluation, to tell training from overhead
     clock = {"train_seconds": 0.0, "eval_seconds": 0.0, "first_step_at": time.time()}
+    train_loss = float("nan")
+
+    def evaluate_and_report() -> dict:
+        started = time.perf_counter()
+        metrics = {"step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                   **_prefixed("val", _evaluate(model, val_set, task.kind, device, autocast, world))}
+        if step == recipe.steps and test_set is not None:
+            metrics.update(_prefixed("test", _evaluate(model, test_set, task.kind, device, autocast, world)))
+        clock["eval_seconds"] += time.perf_counter() - started
+        metrics.update(spec.tags, **clock, reported_at=time.time())
+        _report(metrics, model, optimizer, scheduler, step, rank)
+        model.train()
+        return metrics
+
+    if start == recipe.steps:  # restarted after the last checkpoint: nothing to train, report the end again
+        return evaluate_and_report()
     tick = time.perf_counter()
     model.train()
     for images, labels in loader:
@@ -112,16 +128,8 @@ def train_loop(spec: JobSpec) -> dict:
         step, micro = step + 1, 0
         if step % recipe.eval_every == 0 or step == recipe.steps:
             clock["train_seconds"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            final = step == recipe.steps
-            metrics = {"step": step, "train_loss": float(loss) * recipe.grad_accum, "lr": scheduler.get_last_lr()[0],
-                       **_prefixed("val", _evaluate(model, val_set, task.kind, device, autocast, world))}
-            if final and test_set is not None:
-                metrics.update(_prefixed("test", _evaluate(model, test_set, task.kind, device, autocast, world)))
-            clock["eval_seconds"] += time.perf_counter() - tick
-            metrics.update(spec.tags, **clock, reported_at=time.time())
-            _report(metrics, model, optimizer, scheduler, step, rank)
-            model.train()
+            train_loss = float(loss) * recipe.grad_accum
+            metrics = evaluate_and_report()
             tick = time.perf_counter()
     return metrics
 
@@ -182,7 +190,7 @@ def _probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _evaluate(model, dataset, kind: str, device, autocast, world: int, batch_size: int = 256) -> dict:
     """Metrics over a split: each rank scores its partition, then every rank computes them on the union."""
-    from scaling.train.metrics import evaluate
+    from scaling.train.metrics import confusion_matrix, evaluate
 
     model.eval()
     probs, labels = [], []
@@ -196,7 +204,8 @@ def _evaluate(model, dataset, kind: str, device, autocast, world: int, batch_siz
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, part)
         part = ([p for g in gathered for p in g[0]], [y for g in gathered for y in g[1]])
-    return evaluate(kind, np.concatenate(part[1]), np.concatenate(part[0]))
+    y, probs = np.concatenate(part[1]), np.concatenate(part[0])
+    return {**evaluate(kind, y, probs), "confusion": json.dumps(confusion_matrix(kind, y, probs).tolist())}
 
 
 def _report(metrics: dict, model, optimizer, scheduler, step: int, rank: int) -> None:

@@ -1,0 +1,86 @@
+"""What a study trains, as plain data: the pre-training jobs and the points of the fine-tuning grid.
+
+Pure functions of the config, so a resumed study plans exactly the same jobs under the same names.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+#: a pre-training source made of two: natural images first, then chest X-rays
+BOTH = "both"
+SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    model: str
+    #: "natural", "medical" or "both"
+    source: str
+    #: images of the source's training split used (a nested subset)
+    size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"pre-{self.model}-{self.source}-{self.size}-s{self.seed}"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The source roles trained on, in order."""
+        return ("natural", "medical") if self.source == BOTH else (self.source,)
+
+
+@dataclass(frozen=True)
+class FinetunePoint:
+    """One point of the fine-tuning grid; `sample` numbers the hyper-parameter samples of a cell."""
+
+    model: str
+    source: str
+    pretrain_size: int
+    budget: int
+    shots: int
+    seed: int
+    sample: int
+
+    @property
+    def name(self) -> str:
+        return (f"ft-{self.model}-{self.source}-{self.pretrain_size}-b{self.budget}-k{self.shots}"
+                f"-s{self.seed}-t{self.sample}")
+
+    @property
+    def cell(self) -> tuple:
+        """The point without its hyper-parameter sample: trials of one cell compete (ASHA, best-of)."""
+        return (self.model, self.source, self.pretrain_size, self.budget, self.shots, self.seed)
+
+    def pretrain(self, seed: int) -> PretrainJob | None:
+        """The pre-training job this point starts from (pre-training is seeded by the study seed)."""
+        if self.source == SCRATCH:
+            return None
+        return PretrainJob(self.model, self.source, self.pretrain_size, seed)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def finetune_points(cfg) -> list[FinetunePoint]:
+    """Every point of model x source x pre-training size x budget x shots x seed x sample; from-scratch
+    points have pre-training size 0."""
+    points = []
+    for model, source, budget, shots, seed, sample in itertools.product(
+            cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots, cfg.sweep.seeds,
+            range(cfg.sweep.trials_per_cell)):
+        sizes = [0] if source == SCRATCH else cfg.data.source_sizes
+        points += [FinetunePoint(model, source, size, budget, shots, seed, sample) for size in sizes]
+    return sorted(set(points), key=lambda p: (p.sample, p.seed, p.model, p.source, p.pretrain_size, p.budget, p.shots))
+
+
+def pretrain_jobs(cfg) -> list[list[PretrainJob]]:
+    """The unique pre-training jobs the grid needs, in waves: a "both" job starts from its natural job,
+    so it runs in the wave after it."""
+    jobs = {p.pretrain(cfg.seed) for p in finetune_points(cfg) if p.source != SCRATCH}
+    first = {j for j in jobs if j.source != BOTH} | {PretrainJob(j.model, "natural", j.size, j.seed)
+                                                     for j in jobs if j.source == BOTH}
+    second = jobs - first
+    order = lambda j: (j.model, j.source, j.size)  # noqa: E731
+    return [sorted(w, key=order) for w in (first, second) if w]

@@ -1,0 +1,51 @@
+"""The results table of a study: one row per fine-tuning trial, every axis, metric, compute and status.
+
+Built from the trial ledger, written as Parquet (the input of the fits and the dashboard) and CSV.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from scaling.plan import BOTH, SCRATCH
+
+#: FLOPs of a training step per image: forward + backward ~ 3x the forward
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
+    rows = []
+    for name, entry in sorted(ledger_entries.items()):
+        metrics = entry.get("metrics", {})
+        row = {"trial": name, "status": entry["status"]}
+        row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "seed", "sample",
+                                            "lr", "weight_decay", "params", "flops_per_image")})
+        row.update({k: v for k, v in metrics.items() if not k.endswith("_confusion")})
+        per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * cfg.finetune.recipe.batch_size
+        row["finetune_flops"] = per_step * metrics.get("step", 0)
+        stages = {SCRATCH: 0, BOTH: 2}.get(entry["source"], 1)
+        row["pretrain_flops"] = stages * TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * \
+            cfg.pretrain.batch_size * cfg.pretrain.steps
+        if "test_roc_auc" in metrics:
+            row["test_error"] = 1.0 - metrics["test_roc_auc"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
+    """Per cell (all axes but the hyper-parameter sample), the finished trial with the best validation AUC:
+    the tuned result of that cell."""
+    done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
+    if done.empty:
+        return done
+    cell = ["model", "source", "pretrain_size", "budget", "shots", "seed"]
+    best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
+    return best.sort_values(cell).reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, study_dir: Path) -> list[Path]:
+    paths = [study_dir / "results.parquet", study_dir / "results.csv"]
+    table.to_parquet(paths[0], index=False)
+    table.to_csv(paths[1], index=False)
+    return paths

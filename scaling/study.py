@@ -1,0 +1,183 @@
+"""One whole study: data -> pre-training -> fine-tuning sweep -> results -> fits and figures -> summary.
+
+Stopping and resuming: SIGUSR1 or SIGTERM ends the current stage cleanly (Tune ends its trials, every
+Train run keeps its last checkpoint, the ledger and MLflow keep what ended) and the study exits with
+EXIT_RESUMABLE; running the same command again continues where it stopped. A driver killed outright
+(SIGKILL) resumes the same way, from the last checkpoints and the ledger.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from scaling import config as config_mod
+from scaling.ledger import Ledger
+from scaling.plan import finetune_points, pretrain_jobs
+from scaling.progress import Progress
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATA, EXIT_RESUMABLE = 0, 1, 2, 3, 75
+
+
+class StudyStopped(Exception):
+    """A stop was requested (SIGUSR1 / SIGTERM); the study can be resumed."""
+
+
+class _StopRequests:
+    """SIGUSR1 and SIGTERM request a clean stop. Tune installs its own SIGUSR1 handler while it runs (it then
+    ends the trials gracefully), so SIGTERM is forwarded as SIGUSR1, and ours is put back after each stage."""
+
+    def __init__(self):
+        self.requested = False
+        self.install()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR1, self._request)
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGUSR1))
+
+    def _request(self, *_):
+        self.requested = True
+
+    def check(self) -> None:
+        self.install()
+        if self.requested:
+            raise StudyStopped()
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(config_mod.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_study_dir(cfg, study_dir: Path) -> None:
+    """Create the study directory, or check that an existing one holds this very study (a resume)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "logs").mkdir(exist_ok=True)
+    stamp = study_dir / "study.json"
+    digest = config_hash(cfg)
+    if stamp.exists():
+        known = json.loads(stamp.read_text())
+        if known["config_hash"] != digest:
+            raise config_mod.ConfigError(
+                f"{study_dir} holds study {known['name']!r} run with another configuration "
+                f"(hash {known['config_hash']}, now {digest}); resume it with the same config and overrides, "
+                f"or choose another --out")
+    else:
+        stamp.write_text(json.dumps({"name": cfg.name, "config_hash": digest, "created": time.time()}))
+        (study_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
+
+
+def run_study(cfg, *, out: str | None = None, address: str | None = None, tracking_uri: str | None = None) -> int:
+    import optuna
+
+    from scaling.data.stage import prepare_study_data
+
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    study_dir = Path(out or cfg.study_dir).resolve()
+    prepare_study_dir(cfg, study_dir)
+    stops = _StopRequests()
+    progress = Progress()
+    progress.say(f"study {cfg.name!r} in {study_dir}")
+    data = prepare_study_data(cfg, log=progress.say)
+    stops.check()
+
+    from scaling import tracking
+
+    server = None
+    if not (tracking_uri or cfg.tracking.uri):
+        server = tracking.TrackingServer(study_dir, study_dir / "logs").start()
+        progress.say(f"MLflow server at {server.uri} (SQLite {server.db})")
+    uri = tracking_uri or cfg.tracking.uri or server.uri
+    ray_started = False
+    try:
+        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name)
+        tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
+        ray_started = _start_ray(address, study_dir / "logs")
+        status = _train_and_analyse(cfg, data, study_dir, tracker, progress, stops)
+        tracker.close("FINISHED" if status == EXIT_OK else "FAILED")
+        return status
+    except StudyStopped:
+        progress.say("stopped on request; run the same command again to resume")
+        return EXIT_RESUMABLE
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        if server:
+            server.stop()
+            progress.say(f"MLflow server stopped; browse the runs again with:\n  {server.reopen_command()}")
+
+
+def _start_ray(address: str | None, log_dir: Path) -> bool:
+    """Join the cluster at `address` / RAY_ADDRESS, or start a local one. Ray's own messages go to a file.
+    Returns whether this process started (and must stop) the cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0 the old reporter prints nothing; the new one always does
+    handler = logging.FileHandler(log_dir / "ray-driver.log")
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=False, configure_logging=False,
+             **({} if address else {"num_cpus": os.cpu_count()}))
+    return True
+
+
+def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, stops: _StopRequests) -> int:
+    import ray
+
+    from scaling import sweep
+    from scaling.results import results_table, write_table
+    from scaling.train.store import CheckpointStore, key_for
+
+    ctx = sweep.SweepContext(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"),
+                             jobs_dir=str(study_dir / "jobs"))
+    concurrent = sweep.concurrency(cfg, ray.cluster_resources())
+    store = CheckpointStore(ctx.store_dir)
+    started = time.time()
+
+    for wave in pretrain_jobs(cfg):
+        todo = [j for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
+        progress.stage("pretrain", len(todo), concurrent)
+        if todo:
+            sweep.run_pretraining(ctx, todo, concurrent, tracker, progress, Ledger(study_dir / "pretrain"))
+        stops.check()
+        missing = [j.name for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
+        if missing:
+            progress.say(f"pre-training failed for {', '.join(missing)}; see {study_dir / 'logs'}; "
+                         "run the same command again to retry")
+            return EXIT_FAILED
+
+    ledger = Ledger(study_dir / "trials")
+    points = finetune_points(cfg)
+    ended = {name for name, e in ledger.entries().items() if e["status"] in sweep.ENDED}
+    pending = [p for p in points if p.name not in ended]
+    progress.stage("finetune", len(pending), concurrent)
+    if pending:
+        attempt = len(list((study_dir / "tune").glob("finetune-*"))) if (study_dir / "tune").exists() else 0
+        sweep.run_finetuning(ctx, pending, ledger, concurrent, tracker, progress, attempt)
+    stops.check()
+
+    entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
+    table = results_table(entries, cfg)
+    paths = write_table(table, study_dir)
+    tracker.log_files(paths)
+    unfinished = [n for n, e in entries.items() if e["status"] not in sweep.ENDED]
+    progress.say(f"results: {len(table)} trials -> {paths[0]}")
+    if unfinished or len(entries) < len(points):
+        progress.say(f"{len(points) - len(entries) + len(unfinished)} trials did not finish (failed or interrupted);"
+                     " run the same command again to retry them")
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,199 @@
+"""MLflow: the study's tracking server, its parent run, and one child run per training job.
+
+The only module that talks to MLflow. All logging happens in the study driver (never in Train workers), so
+one process writes to the tracking server and concurrent trials can neither lose nor duplicate a run. Runs are
+found again by tags (`scaling.study`, `scaling.job`), which is what makes a resumed study continue its runs
+instead of opening new ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+STUDY_TAG = "scaling.study"
+JOB_TAG = "scaling.job"
+KIND_TAG = "scaling.kind"
+PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scaling")
+
+
+class TrackingServer:
+    """An `mlflow server` process on 127.0.0.1 with a SQLite backend in the study directory."""
+
+    def __init__(self, study_dir: Path, log_dir: Path, port: int | None = None):
+        self.db = (study_dir / "mlflow.db").resolve()
+        self.artifacts = (study_dir / "mlartifacts").resolve()
+        self.port = port or _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / "mlflow-server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> TrackingServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", self.artifacts.as_uri(),
+                   "--workers", "1"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_path.write_text(str(self.process.pid))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with code {self.process.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer on {self.uri} within {timeout:.0f} s; see {self.log_path}")
+
+    @property
+    def pid_path(self) -> Path:
+        return self.log_path.with_suffix(".pid")
+
+    def _stop_orphan(self) -> None:
+        """A driver killed outright leaves its server running: end it before starting this study's again."""
+        try:
+            pid = int(self.pid_path.read_text())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(self.db).encode() in f.read():
+                    os.killpg(pid, 15)
+        except (OSError, ValueError):
+            pass
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)  # the server runs gunicorn/uvicorn children: end the whole group
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.pid_path.unlink(missing_ok=True)
+
+    def reopen_command(self) -> str:
+        return f"mlflow ui --backend-store-uri sqlite:///{self.db} --artifacts-destination {self.artifacts.as_uri()}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def code_version(root: Path) -> dict[str, str]:
+    """The git commit of the project (with a mark when the tree has uncommitted changes) and package versions."""
+    info = {}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+        info["git_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = "unknown (not a git checkout)"
+    for package in PACKAGES:
+        try:
+            info[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+class StudyTracker:
+    """The study's parent run and its children, found again by tags when a study resumes."""
+
+    def __init__(self, uri: str, experiment: str, study: str):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri, self.study = uri, study
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.parent_id = self._find_or_create({STUDY_TAG: study, KIND_TAG: "study"}, run_name=study)
+        self._children: dict[str, str] = {}
+
+    def _find_or_create(self, tags: dict, run_name: str, parent: str | None = None) -> str:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        if runs:
+            run_id = runs[0].info.run_id
+            if runs[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": parent}
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def log_study(self, config: dict, version: dict) -> None:
+        """Config (flattened) and code version on the parent run; the config file itself as an artifact."""
+        params = {k: _short(v) for k, v in _flatten(config).items()}
+        existing = self.client.get_run(self.parent_id).data.params
+        self._log_params(self.parent_id, {k: v for k, v in params.items() if k not in existing})
+        for k, v in version.items():
+            self.client.set_tag(self.parent_id, k, v)
+        self.client.log_dict(self.parent_id, config, "study_config.json")
+
+    def child(self, job: str, kind: str, params: dict) -> str:
+        """The run of training job `job` (a stable key), created on first use with its params."""
+        if job not in self._children:
+            run_id = self._find_or_create({STUDY_TAG: self.study, JOB_TAG: job, KIND_TAG: kind}, run_name=job,
+                                          parent=self.parent_id)
+            existing = self.client.get_run(run_id).data.params
+            self._log_params(run_id, {k: _short(v) for k, v in params.items() if k not in existing})
+            self._children[job] = run_id
+        return self._children[job]
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def finish(self, run_id: str, status: str, artifacts: dict | None = None) -> None:
+        """End a run as FINISHED / FAILED / KILLED, with JSON artifacts (e.g. a confusion matrix)."""
+        for name, content in (artifacts or {}).items():
+            self.client.log_dict(run_id, content, name)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_files(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:6000]  # MLflow's param value limit

@@ -1,0 +1,127 @@
+"""`python studies/scaling_law.py` end to end: real Ray, a real MLflow server, a driver killed and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from scaling.config import load_config
+from scaling.data.base import DataError
+from scaling.data.stage import prepare_study_data
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "studies" / "scaling_law.py"
+CONFIGS = ROOT / "studies" / "configs"
+
+
+def study(*args, cache: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args, f"data.cache_dir={cache}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, **kw)
+
+
+def runs(db: Path) -> pd.DataFrame:
+    with sqlite3.connect(db) as con:
+        return pd.read_sql(
+            "select r.run_uuid, r.status, "
+            "(select value from tags t where t.run_uuid = r.run_uuid and t.key = 'scaling.kind') as kind, "
+            "(select value from tags t where t.run_uuid = r.run_uuid and t.key = 'scaling.job') as job, "
+            "(select value from tags t where t.run_uuid = r.run_uuid and t.key = 'mlflow.parentRunId') as parent "
+            "from runs r", con)
+
+
+def test_bad_config_is_rejected_before_anything_starts(tmp_path):
+    out = tmp_path / "study"
+    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "models.sizes=[w8, huge]",
+                   cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "models.sizes[1]: got 'huge'; expected a rung of ladder 'cpu'" in result.stderr
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("name", ["covidx_bit", "tb_bit"])
+def test_real_study_configs_validate_and_name_their_missing_roots(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.models.ladder == "bit" and cfg.resources.use_gpu
+    with pytest.raises(DataError) as err:
+        prepare_study_data(cfg)
+    assert cfg.data.target.options["root"] in str(err.value)
+    for ref in cfg.data.sources.values():
+        assert ref.options["root"] in str(err.value)
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    table = pd.read_parquet(out / "results.parquet")
+    assert sorted(table["source"]) == ["medical", "scratch"]
+    assert (table["status"] == "finished").all()
+    assert table["test_roc_auc"].between(0, 1).all() and (table["finetune_flops"] > 0).all()
+
+    mlflow_runs = runs(out / "mlflow.db")
+    parent = mlflow_runs[mlflow_runs["kind"] == "study"]
+    assert len(parent) == 1 and parent["status"].item() == "FINISHED"
+    children = mlflow_runs[mlflow_runs["kind"] != "study"]
+    assert sorted(children["kind"]) == ["finetune", "finetune", "pretrain"]
+    assert (children["parent"] == parent["run_uuid"].item()).all()
+    assert (children["status"] == "FINISHED").all()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == 2
+    figures = list((out / "figures").glob("*.png"))
+    assert figures and all(f.stat().st_size > 1000 for f in figures)
+    assert "MLflow" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
+    out, cache = tmp_path / "resumed", tmp_path / "cache"
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.seeds=[0, 1, 2]",
+            "sweep.max_concurrent_trials=1"]
+    driver = subprocess.Popen([sys.executable, str(SCRIPT), *args, f"data.cache_dir={cache}"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ledger = out / "trials"
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None:
+        entries = [json.loads(p.read_text()) for p in ledger.glob("*.json")] if ledger.exists() else []
+        if any(e["status"] == "finished" for e in entries) and any(e["status"] == "running" for e in entries):
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the study ended before it could be killed mid-sweep"
+    _kill_study(driver, out)
+    before = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
+    finished_before = {k: v["ended_at"] for k, v in before.items() if v["status"] == "finished"}
+    assert finished_before
+
+    result = study(*args, cache=cache)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
+    # finished trials were not run again; the interrupted one kept its hyper-parameters
+    assert {k: after[k]["ended_at"] for k in finished_before} == finished_before
+    for name, entry in before.items():
+        if entry["status"] == "running":
+            assert after[name]["lr"] == entry["lr"]
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 6 and (table["status"] == "finished").all()  # 2 sources x 3 seeds, as uninterrupted
+    jobs = runs(out / "mlflow.db")["job"].dropna()
+    assert not jobs.duplicated().any() and len(jobs) == 7  # 6 fine-tuning runs + 1 pre-training run
+
+
+def _kill_study(driver: subprocess.Popen, out: Path) -> None:
+    """SIGKILL the driver with its local Ray cluster (same process group) and its MLflow server."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(out / "mlflow.db") in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
