@@ -139,6 +139,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     import ray
 
     from scaling import sweep
+    from scaling.analysis import analyse
     from scaling.results import results_table, write_table
     from scaling.train.store import CheckpointStore, key_for
 
@@ -173,11 +174,51 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
     table = results_table(entries, cfg)
     paths = write_table(table, study_dir)
-    tracker.log_files(paths)
-    unfinished = [n for n, e in entries.items() if e["status"] not in sweep.ENDED]
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
-    if unfinished or len(entries) < len(points):
-        progress.say(f"{len(points) - len(entries) + len(unfinished)} trials did not finish (failed or interrupted);"
-                     " run the same command again to retry them")
+    report = analyse(table, study_dir, cfg.seed, progress.say)
+    tracker.log_files(paths + [study_dir / "fits.json"])
+    tracker.log_files([Path(p) for p in report["figures"]], "figures")
+    unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
+    summary = _summary(cfg, study_dir, table, report, time.time() - started, concurrent,
+                       Ledger(study_dir / "pretrain").entries(), entries)
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    _print_summary(summary, report, progress)
+    if unfinished:
+        progress.say(f"{unfinished} trials did not finish (failed or interrupted); run the same command again "
+                     "to retry them")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _summary(cfg, study_dir: Path, table, report: dict, wall: float, concurrent: int, pretrain: dict,
+             trials: dict) -> dict:
+    """What ran, where it went, and how much of the wall time went into training and evaluation steps."""
+    jobs = [e for e in [*pretrain.values(), *trials.values()] if "ended_at" in e and "metrics" in e]
+    busy = sum(e["metrics"].get("train_seconds", 0) + e["metrics"].get("eval_seconds", 0) for e in jobs)
+    job_wall = sum(e["ended_at"] - e["started_at"] for e in jobs)
+    return {
+        "study": cfg.name, "study_dir": str(study_dir), "trials": len(table),
+        "finished": int((table["status"] == "finished").sum()) if len(table) else 0,
+        "wall_seconds": round(wall, 1), "concurrent_jobs": concurrent,
+        "jobs_timed": len(jobs), "train_eval_seconds": round(busy, 1),
+        "train_eval_share_of_wall": round(busy / (wall * concurrent), 3) if wall else None,
+        "overhead_seconds_per_job": round((job_wall - busy) / len(jobs), 1) if jobs else None,
+        "fits": report["fits"], "figures": report["figures"],
+        "results": str(study_dir / "results.parquet"),
+    }
+
+
+def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
+    from scaling.analysis import describe_fits
+
+    if "table" in report:
+        progress.say("tuned test ROC-AUC (mean over seeds):\n" + report["table"].to_string(index=False,
+                                                                                          float_format="%.3f"))
+    if summary["fits"]:
+        progress.say("fitted laws of test error (1 - AUC) against pre-training images, 95% intervals:\n  "
+                     + "\n  ".join(describe_fits(summary["fits"])))
+    if summary["jobs_timed"]:
+        progress.say(f"time: {summary['wall_seconds']:.0f} s for training stages; train+eval steps "
+                     f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
+                     f"about {summary['overhead_seconds_per_job']} s overhead per job")
+    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, figures/, summary.json)")

@@ -40,8 +40,11 @@ class TrackingServer:
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", self.artifacts.as_uri(),
                    "--workers", "1"]
+        # the server's job runner (a dozen huey consumers, ~2 GB) serves GenAI features a study does not use
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env)
         self.pid_path.write_text(str(self.process.pid))
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -61,14 +64,20 @@ class TrackingServer:
         return self.log_path.with_suffix(".pid")
 
     def _stop_orphan(self) -> None:
-        """A driver killed outright leaves its server running: end it before starting this study's again."""
+        """A driver killed outright leaves its server running: end it before starting this study's again.
+        The server leads its own process group; only a group still running mlflow is ended."""
         try:
-            pid = int(self.pid_path.read_text())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if str(self.db).encode() in f.read():
-                    os.killpg(pid, 15)
+            group = int(self.pid_path.read_text())
         except (OSError, ValueError):
-            pass
+            return
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group and \
+                        b"mlflow" in (stat.parent / "cmdline").read_bytes():
+                    os.killpg(group, 9)
+                    return
+            except (OSError, ValueError, IndexError):
+                continue
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

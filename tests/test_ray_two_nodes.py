@@ -83,7 +83,9 @@ def cluster(tmp_path_factory):
 
     logs = tmp_path_factory.mktemp("ray_nodes")
     marker = uuid.uuid4().hex
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TWO_NODE_TEST": marker}
+    # no drain before a node stops: it waits for nothing here (it is meant for Ray Serve) and costs 30 s
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_TWO_NODE_TEST": marker}
     ports = _free_ports(len(HEAD_PORTS) + 2 * len(NODE_PORTS))
     head_ports, node_ports = ports[:len(HEAD_PORTS)], ports[len(HEAD_PORTS):]
     gcs = head_ports[0]
@@ -118,7 +120,10 @@ def cluster(tmp_path_factory):
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        leftovers = _processes_with(marker)
+
+        # workers notice their raylet is gone and exit on their own, give them a moment
+        _, leftovers = psutil.wait_procs(_processes_with(marker), timeout=30)
+        leftovers = [p for p in leftovers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         for proc in leftovers:
             proc.kill()
         for d in temp_dirs:

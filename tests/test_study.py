@@ -99,7 +99,10 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
             break
         time.sleep(0.5)
     assert driver.poll() is None, "the study ended before it could be killed mid-sweep"
-    _kill_study(driver, out)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray cluster; its MLflow server lives on
+    driver.wait()
+    orphan_server = int((out / "logs" / "mlflow-server.pid").read_text())
+    assert _process_group(orphan_server)
     before = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
     finished_before = {k: v["ended_at"] for k, v in before.items() if v["status"] == "finished"}
     assert finished_before
@@ -116,12 +119,15 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     assert len(table) == 6 and (table["status"] == "finished").all()  # 2 sources x 3 seeds, as uninterrupted
     jobs = runs(out / "mlflow.db")["job"].dropna()
     assert not jobs.duplicated().any() and len(jobs) == 7  # 6 fine-tuning runs + 1 pre-training run
+    assert not _process_group(orphan_server), "the resumed study did not end the orphaned MLflow server"
 
 
-def _kill_study(driver: subprocess.Popen, out: Path) -> None:
-    """SIGKILL the driver with its local Ray cluster (same process group) and its MLflow server."""
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(out / "mlflow.db") in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
+def _process_group(group: int) -> list[int]:
+    return [p.pid for p in psutil.process_iter() if _pgid(p.pid) == group]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -101,6 +101,8 @@ def train_loop(spec: JobSpec) -> dict:
         if step == recipe.steps and test_set is not None:
             metrics.update(_prefixed("test", _evaluate(model, test_set, task.kind, device, autocast, world)))
         clock["eval_seconds"] += time.perf_counter() - started
+        if on_gpu:
+            metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         metrics.update(spec.tags, **clock, reported_at=time.time())
         _report(metrics, model, optimizer, scheduler, step, rank)
         model.train()

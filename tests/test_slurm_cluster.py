@@ -1,0 +1,153 @@
+"""ray_cluster on a real Slurm (the one-node cluster .ci/setup_slurm.sh starts): the smoke study submitted with
+`python -m ray_cluster submit`, and a chain of jobs stopped by the time-limit signal, resubmitted and resumed.
+Where Slurm is not running these tests skip with the reason; under CI (CI=true) they fail instead."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ray_cluster.slurm import ACTIVE, job_states
+from ray_cluster.study_jobs import read_jobs
+from test_ray_two_nodes import _free_ports
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SMOKE = PROJECT_ROOT / "studies" / "configs" / "smoke.yaml"
+STANDIN = Path(__file__).with_name("slurm_standin_study.py")
+#: Ray's worker ports, away from the default range of any other Ray on the machine
+WORKER_PORTS = (25000, 25199)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run the Slurm tests (.ci/run calls .ci/setup_slurm.sh)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def node_cpus() -> int:
+    """The CPUs of the cluster's idle node, once Slurm is known to answer."""
+    if not shutil.which("sbatch"):
+        _unavailable("Slurm is not installed (no sbatch); .ci/setup_slurm.sh installs a one-node cluster")
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if "UP" not in ping.stdout:
+        _unavailable(f"slurmctld does not answer: {ping.stdout.strip() or ping.stderr.strip()}")
+    idle = subprocess.run(["sinfo", "--noheader", "--states=idle", "--format=%c"], capture_output=True, text=True)
+    if not idle.stdout.strip():
+        _unavailable("no idle Slurm node: " + subprocess.run(["sinfo"], capture_output=True, text=True).stdout)
+    return int(idle.stdout.split()[0])
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    """The study directory; every job of it that is still queued or running is cancelled afterwards."""
+    yield tmp_path / "study"
+    ids = [row[0] for row in read_jobs(tmp_path / "study")]
+    active = [j for j, s in job_states(ids).items() if s.state in ACTIVE]
+    if active:
+        subprocess.run(["scancel", *active])
+
+
+def _submit(study_dir: Path, cpus: int, *extra: str) -> None:
+    names = ["gcs", "dashboard", "client", "mlflow", "node-manager", "object-manager", "agent-grpc", "agent-http",
+             "runtime-env-agent", "metrics"]
+    ports = [f"--port={n}={p}" for n, p in zip(names, _free_ports(len(names)))]
+    ports += [f"--port=min-worker={WORKER_PORTS[0]}", f"--port=max-worker={WORKER_PORTS[1]}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_cluster", "submit", "--config", str(SMOKE), "--nodes", "1", "--site", "generic",
+         "--cpus-per-node", str(cpus), "--account", "ci", "--out", str(study_dir), *ports, *extra],
+        capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _wait_for_chain(study_dir: Path, timeout: float) -> list[str]:
+    """Wait until no job of the study is queued or running; return the job ids in order."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ids = [row[0] for row in read_jobs(study_dir)]
+        if ids and not any(s.state in ACTIVE for s in job_states(ids).values()):
+            return ids
+        time.sleep(3)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted((study_dir / "slurm").glob("*.out")))
+    pytest.fail(f"the study's jobs did not end within {timeout} s:\n{logs}")
+
+
+def _assert_nothing_left(study_dir: Path, job_ids: list[str]) -> None:
+    """No process of the jobs survives them (all inherit SLURM_JOB_ID, Ray workers and MLflow included)."""
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("SLURM_JOB_ID") in job_ids:
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    assert not left, "processes left behind:\n" + "\n".join(left)
+    for job_id in job_ids:
+        log = (study_dir / "slurm" / f"{job_id}.out").read_text()
+        assert "cluster stopped" in log, log[-3000:]
+        assert not Path(f"/tmp/r{job_id}").exists(), "the node-local Ray temp dir was not removed"
+        assert list((study_dir / "slurm" / job_id / "ray-logs").glob("*/raylet.out")), "Ray's logs were not kept"
+
+
+def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cpus, study_dir):
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    _submit(study_dir, node_cpus, "--time=00:20:00")
+    (job_id,) = _wait_for_chain(study_dir, timeout=900)
+    print(f"\nsbatch smoke study: {time.time() - started:.0f} s wall from submission to the end of the job")
+    log = (study_dir / "slurm" / f"{job_id}.out").read_text()
+    assert "study completed" in log, log[-5000:]
+    for name in ("summary.json", "results.parquet", "fits.json"):
+        assert (study_dir / name).is_file(), name
+
+    import pandas as pd
+
+    trials = len(pd.read_parquet(study_dir / "results.parquet"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.info.status for r in parents] == ["FINISHED"]
+    assert len(children) >= trials > 0
+    assert {r.info.status for r in children} == {"FINISHED"}
+    _assert_nothing_left(study_dir, [job_id])
+
+
+def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir):
+    steps = 40
+    started = time.time()
+    # 2 minutes per job and the stop signal 60 s before the end: no job has time for all the steps
+    _submit(study_dir, node_cpus, "--time=2", "--signal-before=60", "--max-jobs=4",
+            f"--study-cmd={sys.executable} {STANDIN} --steps {steps}")
+    job_ids = _wait_for_chain(study_dir, timeout=600)
+    print(f"\nresubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
+    logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
+    assert len(job_ids) >= 2, logs
+    assert "study completed" in logs[job_ids[-1]], logs[job_ids[-1]][-3000:]
+    assert json.loads((study_dir / "summary.json").read_text()) == {"steps": steps}
+
+    # every job but the last was stopped by Slurm's signal and resubmitted the next one, which resumed
+    chain = read_jobs(study_dir)
+    assert [row[1] for row in chain] == list(range(1, len(job_ids) + 1))
+    for (job_id, *_), (next_id, _, _, note) in zip(chain, chain[1:]):
+        assert "received SIGUSR1" in logs[job_id] and f"resubmitted as job {next_id}" in logs[job_id]
+        assert note == f"resubmitted by {job_id}"
+    attempts = [json.loads(line) for line in (study_dir / "standin_attempts.jsonl").read_text().splitlines()]
+    assert [a["job"] for a in attempts] == job_ids
+    assert attempts[0]["from"] == 0 and attempts[-1]["to"] == steps
+    assert all(a["stopped_by"] == "USR1" for a in attempts[:-1]) and attempts[-1]["stopped_by"] is None
+    # each job continued where the one before stopped: no step was lost or done twice
+    assert all(b["from"] == a["to"] for a, b in zip(attempts, attempts[1:]))
+    assert all(a["mlflow"] == 200 for a in attempts)
+    _assert_nothing_left(study_dir, job_ids)
