@@ -103,12 +103,17 @@ def _wait_for(args) -> int:
 
 
 def _wait_nodes(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from ray_cluster.allocation import Allocation, check_allocation
     from ray_cluster.in_job import wait_for_nodes
     from scaling.config import load_config
 
-    cfg = load_config(args.config, args.override)
-    nodes = wait_for_nodes(args.address, args.nodes, args.timeout, args.watch, args.logs)
+    # reading the config imports torch (seconds): overlap it with the nodes' start
+    with ThreadPoolExecutor(1) as pool:
+        config = pool.submit(load_config, args.config, args.override)
+        nodes = wait_for_nodes(args.address, args.nodes, args.timeout, args.watch, args.logs)
+        cfg = config.result()
     gpus = min(n["Resources"].get("GPU", 0) for n in nodes)
     cpus = min(n["Resources"].get("CPU", 0) for n in nodes)
     for warning in check_allocation(cfg.resources, cfg.sweep,

@@ -14,9 +14,15 @@ import urllib.request
 from pathlib import Path
 
 stop = []
+
+
+def _catch_stop_signals() -> None:
+    signal.signal(signal.SIGUSR1, lambda *_: stop.append("USR1"))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("TERM"))
+
+
 # first of all: a stop request may come while Ray is still being imported
-signal.signal(signal.SIGUSR1, lambda *_: stop.append("USR1"))
-signal.signal(signal.SIGTERM, lambda *_: stop.append("TERM"))
+_catch_stop_signals()
 
 
 def main() -> int:
@@ -38,6 +44,7 @@ def main() -> int:
     import ray
 
     ray.init(address=args.address, log_to_driver=False)
+    _catch_stop_signals()  # ray.init puts in its own SIGTERM handler
 
     @ray.remote(num_cpus=1)
     def step(i: int) -> str:

@@ -170,3 +170,42 @@ def test_a_head_step_that_ended_fails_the_wait_at_once(tmp_path):
     with pytest.raises(StartupError, match="the Ray head stopped before"):
         wait_for("127.0.0.1:9", "the Ray head", 60, watch=[proc.pid])
     assert time.time() - started < 10
+
+
+def _running(monkeypatch, states: dict[str, str]):
+    from ray_cluster import study_jobs
+    from ray_cluster.slurm import JobState
+
+    monkeypatch.setattr(study_jobs, "job_states",
+                        lambda ids: {j: JobState(j, states[j], "1:00", "jwb0001") for j in ids if j in states})
+
+
+def test_status_of_a_running_study_shows_the_tunnel_to_its_dashboards(tmp_path, monkeypatch):
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    (slurm / "jobs.tsv").write_text("101\t1\t2026-01-01T00:00:00+01:00\tsubmitted\n"
+                                    "102\t2\t2026-01-02T00:00:00+01:00\tresubmitted by 101\n")
+    (slurm / "cluster.env").write_text("JOB_ID=102\nHEAD_NODE=jwb0001\nHEAD_HOST=jwb0001i\nHEAD_IP=10.13.0.1\n"
+                                       "PORT_GCS=6379\nPORT_DASHBOARD=8265\nPORT_MLFLOW=5000\n"
+                                       "LOGIN_HOST=juwels-booster.fz-juelich.de\n")
+    _running(monkeypatch, {"101": "COMPLETED", "102": "RUNNING"})
+    from ray_cluster.study_jobs import study_status
+
+    text = study_status(tmp_path)
+    assert "in progress: job 102 is RUNNING" in text
+    assert "ssh -N -L 8265:jwb0001i:8265 -L 5000:jwb0001i:5000 <user>@juwels-booster.fz-juelich.de" in text
+    (tmp_path / "summary.json").write_text("{}")
+    _running(monkeypatch, {"101": "COMPLETED", "102": "COMPLETED"})
+    text = study_status(tmp_path)
+    assert "state  completed" in text and "ssh" not in text
+
+
+def test_a_study_with_a_job_in_the_queue_is_not_submitted_twice(tmp_path, monkeypatch, capsys):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.tsv").write_text("101\t1\t2026-01-01T00:00:00+01:00\tsubmitted\n")
+    _running(monkeypatch, {"101": "PENDING"})
+    code = cli(["submit", "--config", str(SMOKE), "--nodes", "1", "--time", "1:00:00", "--account", "x",
+                "--site", "generic", "--cpus-per-node", "4", "--out", str(tmp_path)])
+    assert code == 1
+    assert "already has job(s) 101 (PENDING)" in capsys.readouterr().err
+    assert not (tmp_path / "slurm" / "job.sbatch").exists()

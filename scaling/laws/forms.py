@@ -297,30 +297,6 @@ def _transfer_starts(data: Data) -> np.ndarray:
     return np.linalg.lstsq(design, data.ly, rcond=None)[0][None, :]
 
 
-# --- shifted ------------------------------------------------------------------------------------------------
-
-
-def _shifted_log(theta: np.ndarray, u: Inputs) -> np.ndarray:
-    e, a, alpha, u0 = theta
-    return np.log(e + np.exp(a - alpha * np.logaddexp(u[0], u0)))
-
-
-def _shifted_bounds(data: Data) -> Bounds:
-    lo_a, hi_a = _log_amp_bounds(data)
-    u = data.u[0]
-    return (np.array([0.0, lo_a, 0.0, u.min() - 10.0]),
-            np.array([data.y.min(), hi_a, MAX_EXPONENT, u.max()]))
-
-
-def _shifted_starts(data: Data) -> np.ndarray:
-    u = data.u[0]
-    rows = []
-    for e, a, alpha in _saturating_starts(data):
-        for u0 in (u.min() - 5.0, u.min(), float(np.quantile(u, 0.25))):
-            rows.append((e, a, alpha, u0))
-    return np.array(rows)
-
-
 FORMS: dict[str, Form] = {
     form.name: form
     for form in (
@@ -333,8 +309,6 @@ FORMS: dict[str, Form] = {
         Form("broken", "E + A·x^-α·(1 + (x/x_b)^(1/s))^(-δ·s)", ("E", "A", "alpha", "x_b", "delta", "s"), 1,
              _broken_log, _broken_bounds, _broken_starts, scaled=((1, 2, 0, 1.0),), log_params=(1, 3),
              breaks=((3, 0),), rate_changes=((4, 2),)),
-        Form("shifted", "E + A·(x + x_0)^-α", ("E", "A", "alpha", "x_0"), 1, _shifted_log, _shifted_bounds,
-             _shifted_starts, scaled=((1, 2, 0, 1.0),), log_params=(1, 3), breaks=((3, 0),)),
         Form("joint", "E + A/N^α + B/D^β", ("E", "A", "alpha", "B", "beta"), 2, _joint_log, _joint_bounds,
              _joint_starts, scaled=((1, 2, 0, 1.0), (3, 4, 1, 1.0)), log_params=(1, 3)),
         Form("transfer", "D_T = k·D_F^α·N^β", ("k", "alpha", "beta"), 2, _transfer_log, _transfer_bounds,

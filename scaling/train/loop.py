@@ -130,7 +130,7 @@ def train_loop(spec: JobSpec) -> dict:
         step, micro = step + 1, 0
         if step % recipe.eval_every == 0 or step == recipe.steps:
             clock["train_seconds"] += time.perf_counter() - tick
-            train_loss = float(loss) * recipe.grad_accum
+            train_loss = loss.item() * recipe.grad_accum
             metrics = evaluate_and_report()
             tick = time.perf_counter()
     return metrics

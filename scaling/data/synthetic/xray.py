@@ -76,8 +76,8 @@ class ChestParams:
     atelectasis: tuple[float, float] = (0.0, 0.0)  # plate-like band at the base
     apical: tuple[float, float] = (0.0, 0.0)  # upper-zone fibrotic haze (TB)
     # round lesions: rows (x, y, radius, strength) in the anatomy frame
-    nodules: list = field(default_factory=list)
-    cavities: list = field(default_factory=list)
+    nodules: list[tuple[float, float, float, float]] = field(default_factory=list)
+    cavities: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 def sample_anatomy(rng: np.random.Generator, size: int) -> ChestParams:
@@ -299,7 +299,7 @@ _PAINTERS = {"peripheral": _peripheral, "consolidation": _consolidation, "centra
 def _add_lesions(d: np.ndarray, rows: list[list[tuple]], x: np.ndarray, y: np.ndarray, e: float,
                  ring: bool) -> None:
     """Add round lesions into d, all lesions of the batch in one array operation."""
-    owner = np.asarray([b for b, r in enumerate(rows) for _ in r], dtype=np.intp)
+    owner = np.asarray([b for b, r in enumerate(rows) for _ in r], dtype=np.intp)  # sorted
     if not len(owner):
         return
     cx, cy, rad, st = np.asarray([les for r in rows for les in r], np.float32).T[:, :, None, None]
@@ -308,7 +308,8 @@ def _add_lesions(d: np.ndarray, rows: list[list[tuple]], x: np.ndarray, y: np.nd
         field_ = np.exp(-np.square((dist - rad) / (0.3 * rad + e))) - 0.8 * sigmoid((0.75 * rad - dist) / e)
     else:
         field_ = sigmoid((rad - dist) / e)
-    np.add.at(d, owner, st * field_)
+    images, first = np.unique(owner, return_index=True)
+    d[images] += np.add.reduceat(st * field_, first, axis=0)
 
 
 def render(params: list[ChestParams], size: int) -> np.ndarray:
