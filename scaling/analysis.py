@@ -53,16 +53,33 @@ def summary_table(best: pd.DataFrame) -> pd.DataFrame:
 
 def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
     """Write fits.json and figures/; return what the summary needs."""
-    from scaling.laws import plots
-
     best = best_per_cell(table)
     if best.empty:
         log("analysis: no finished trials to analyse")
         return {"fits": [], "figures": []}
     fits = fit_transfer_laws(best, seed)
     (study_dir / "fits.json").write_text(json.dumps(fits, indent=1, default=_plain))
-    figures = plots.transfer_figures(best, fits, study_dir / "figures")
+    figures = draw_figures(best, study_dir / "figures", seed)
     return {"fits": fits, "figures": [str(p) for p in figures], "table": summary_table(best)}
+
+
+def draw_figures(best: pd.DataFrame, out: Path, seed: int) -> list[Path]:
+    """Per budget and shots: the transfer curves (one panel per model), and the fitted laws with their bands
+    extrapolated a decade beyond the largest pre-training set."""
+    from scaling.laws import plots
+
+    labels = {"xlabel": "pre-training images", "ylabel": "test error (1 - ROC-AUC)"}
+    paths: list[Path] = []
+    for (budget, shots), part in best.groupby(["budget", "shots"]):
+        stem = f"b{budget}_shots{shots or 'all'}"
+        fig = plots.plot_transfer(part, facet="model", seed=seed, **labels)
+        paths += plots.save_figure(fig, out / f"transfer_{stem}")
+        pretrained = part[part["source"] != "scratch"]
+        if pretrained["pretrain_size"].nunique() > 1:
+            fig = plots.plot_fits(pretrained, "pretrain_size", "test_error", ["source", "model"],
+                                  extrapolate_to=10 * pretrained["pretrain_size"].max(), seed=seed, **labels)
+            paths += plots.save_figure(fig, out / f"laws_{stem}")
+    return paths
 
 
 def describe_fits(fits: list[dict]) -> list[str]:

@@ -16,8 +16,9 @@ class Progress:
         self.study_start = time.time()
         self.stage("", 0, 1)
 
-    def stage(self, name: str, total: int, concurrent: int) -> None:
-        self.name, self.total, self.concurrent = name, total, max(1, concurrent)
+    def stage(self, name: str, total: int, concurrent: int, rank_by: str | None = None) -> None:
+        """Start counting a stage; `rank_by` names the metric whose best value the lines show."""
+        self.name, self.total, self.concurrent, self.rank_by = name, total, max(1, concurrent), rank_by
         self.running: dict[str, float] = {}
         self.durations: list[float] = []
         self.best: tuple[float, str] | None = None
@@ -35,9 +36,9 @@ class Progress:
         started = self.running.pop(job, None)
         if started is not None:
             self.durations.append(time.time() - started)
-        if value is not None and (self.best is None or value > self.best[0]):
+        if self.rank_by and value is not None and (self.best is None or value > self.best[0]):
             self.best = (value, job)
-        shown = f" val_roc_auc {value:.3f}" if value is not None else ""
+        shown = f" {self.rank_by or 'val_roc_auc'} {value:.3f}" if value is not None else ""
         self._line(f"{status} {job}{shown}")
 
     def _line(self, event: str) -> None:
@@ -48,7 +49,7 @@ class Progress:
         if self.durations:
             left = (pending + len(self.running) / 2) * (sum(self.durations) / done) / self.concurrent
             eta = f" | ETA {_clock(left)}"
-        best = f" | best {self.best[0]:.3f}" if self.best else ""
+        best = f" | best {self.rank_by} {self.best[0]:.3f}" if self.best else ""
         print(f"[{_clock(time.time() - self.study_start)}] {self.name} {done}/{self.total} done, "
               f"{len(self.running)} running, {pending} pending{best}{eta} | {event}", file=self.stream, flush=True)
 

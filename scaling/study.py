@@ -165,7 +165,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     points = finetune_points(cfg)
     ended = {name for name, e in ledger.entries().items() if e["status"] in sweep.ENDED}
     pending = [p for p in points if p.name not in ended]
-    progress.stage("finetune", len(pending), concurrent)
+    progress.stage("finetune", len(pending), concurrent, rank_by=sweep.METRIC)
     if pending:
         attempt = len(list((study_dir / "tune").glob("finetune-*"))) if (study_dir / "tune").exists() else 0
         sweep.run_finetuning(ctx, pending, ledger, concurrent, tracker, progress, attempt)

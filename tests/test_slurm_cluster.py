@@ -125,32 +125,31 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cp
 
 
 def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir):
-    steps = 55
     started = time.time()
-    # 2 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still) and
-    # >= 10 s for the cluster to start: no job has time for all the steps
-    _submit(study_dir, node_cpus, "--time=2", "--signal-before=60", "--max-jobs=5",
-            f"--study-cmd={sys.executable} {STANDIN} --steps {steps}")
-    job_ids = _wait_for_chain(study_dir, timeout=600)
+    # 3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
+    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later
+    _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4",
+            f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
+    job_ids = _wait_for_chain(study_dir, timeout=720)
     print(f"\nresubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
     logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
     assert len(job_ids) >= 2, logs
     assert "study completed" in logs[job_ids[-1]], logs[job_ids[-1]][-3000:]
-    assert json.loads((study_dir / "summary.json").read_text()) == {"steps": steps}
 
-    # every job but the last was stopped by Slurm's signal and resubmitted the next one, which resumed
+    # every job but the last was stopped by Slurm's signal and resubmitted the next one
     chain = read_jobs(study_dir)
     assert [row[1] for row in chain] == list(range(1, len(job_ids) + 1))
     for (job_id, *_), (next_id, _, _, note) in zip(chain, chain[1:]):
         assert "received SIGUSR1" in logs[job_id] and f"resubmitted as job {next_id}" in logs[job_id]
         assert note == f"resubmitted by {job_id}"
+    # (a job that gets the signal while its cluster starts runs no study at all)
     attempts = [json.loads(line) for line in (study_dir / "standin_attempts.jsonl").read_text().splitlines()]
-    # (Slurm may send the signal up to a minute early: a job that got it while starting runs no study at all)
     assert [a["job"] for a in attempts] == [j for j in job_ids if "the study does not start" not in logs[j]]
-    assert attempts[0]["from"] == 0 and attempts[-1]["to"] == steps
+    assert attempts[0]["from"] == 0 and attempts[0]["to"] > 0 and attempts[0]["stopped_by"] == "USR1"
     assert all(a["stopped_by"] == "USR1" for a in attempts[:-1]) and attempts[-1]["stopped_by"] is None
-    # each job continued where the one before stopped: no step was lost or done twice
+    # each attempt resumed where the one before stopped: no step lost or done twice
     assert all(b["from"] == a["to"] for a, b in zip(attempts, attempts[1:]))
+    assert json.loads((study_dir / "summary.json").read_text()) == {"steps": attempts[-1]["to"]}
     assert all(a["mlflow"] == 200 for a in attempts)
     assert f"JOB_ID={job_ids[-1]}\n" in (study_dir / "slurm" / "cluster.env").read_text()
     _assert_nothing_left(study_dir, job_ids)
