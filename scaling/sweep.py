@@ -125,8 +125,6 @@ def pretrain_trial(config: dict, ctx: SweepContext) -> None:
     def build(tmp: Path) -> None:
         result = run_job(pretrain_spec(ctx, job, init), name=job.name, storage_path=ctx.jobs_dir,
                          resources=ctx.cfg.resources, callbacks=[TuneReportCallback()])
-        if result.error:
-            raise result.error
         export_weights(result, tmp / STATE_FILE)
 
     store.get_or_create(ctx.pretrain_parts(job), build)
@@ -145,10 +143,8 @@ def finetune_trial(config: dict, ctx: SweepContext) -> None:
     if job is not None:
         init = str(CheckpointStore(ctx.store_dir).path(key_for(**ctx.pretrain_parts(job))) / STATE_FILE)
     spec = finetune_spec(ctx, point, config["lr"], config["weight_decay"], init)
-    result = run_job(spec, name=point.name, storage_path=ctx.jobs_dir, resources=ctx.cfg.resources,
-                     callbacks=[TuneReportCallback()])
-    if result.error:
-        raise result.error
+    run_job(spec, name=point.name, storage_path=ctx.jobs_dir, resources=ctx.cfg.resources,
+            callbacks=[TuneReportCallback()])
 
 
 # ------------------------------------------------------------------------------------------- search

@@ -83,18 +83,6 @@ class Form:
         out[..., list(self.log_params)] = np.exp(out[..., list(self.log_params)])
         return out
 
-    def to_internal(self, public: np.ndarray, log_ref: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_public`."""
-        out = np.array(public, dtype=float, copy=True)
-        out[..., list(self.log_params)] = np.log(out[..., list(self.log_params)])
-        for idx, base in self.rate_changes:
-            out[..., idx] = out[..., idx] + out[..., base]
-        for amp, exp, var, sign in self.scaled:
-            out[..., amp] = out[..., amp] - sign * out[..., exp] * log_ref[var]
-        for idx, var in self.breaks:
-            out[..., idx] = out[..., idx] - log_ref[var]
-        return out
-
 
 # --- shared pieces ------------------------------------------------------------------------------------------
 

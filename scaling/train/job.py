@@ -16,7 +16,7 @@ def _worker(config: dict) -> dict:
 
 
 def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, callbacks=()):
-    """Fit one job and return Ray Train's `Result`.
+    """Fit one job and return Ray Train's `Result` (a job that fails after its retries raises).
 
     `name` must be stable for the job: constructing the trainer again with the same name and storage
     resumes from the job's last checkpoint, which is how an interrupted study continues.
