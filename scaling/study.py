@@ -95,11 +95,12 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
         server = tracking.TrackingServer(study_dir, study_dir / "logs").start()
         progress.say(f"MLflow server at {server.uri} (SQLite {server.db})")
     uri = tracking_uri or cfg.tracking.uri or server.uri
-    ray_started = False
+    connected = False
     try:
         tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name)
         tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
-        ray_started = _start_ray(address, study_dir / "logs")
+        _start_ray(address, study_dir / "logs")
+        connected = True
         status = _train_and_analyse(cfg, data, study_dir, tracker, progress, stops)
         tracker.close("FINISHED" if status == EXIT_OK else "FAILED")
         return status
@@ -107,7 +108,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
         progress.say("stopped on request; run the same command again to resume")
         return EXIT_RESUMABLE
     finally:
-        if ray_started:
+        if connected:  # stops a local cluster; only disconnects from a joined one
             import ray
 
             ray.shutdown()
@@ -116,9 +117,8 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
             progress.say(f"MLflow server stopped; browse the runs again with:\n  {server.reopen_command()}")
 
 
-def _start_ray(address: str | None, log_dir: Path) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, or start a local one. Ray's own messages go to a file.
-    Returns whether this process started (and must stop) the cluster."""
+def _start_ray(address: str | None, log_dir: Path) -> None:
+    """Join the cluster at `address` / RAY_ADDRESS, or start a local one. Ray's own messages go to a file."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -132,7 +132,6 @@ def _start_ray(address: str | None, log_dir: Path) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, log_to_driver=False, configure_logging=False,
              **({} if address else {"num_cpus": os.cpu_count()}))
-    return True
 
 
 def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, stops: _StopRequests) -> int:
@@ -147,7 +146,6 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
                              jobs_dir=str(study_dir / "jobs"))
     concurrent = sweep.concurrency(cfg, ray.cluster_resources())
     store = CheckpointStore(ctx.store_dir)
-    started = time.time()
 
     for wave in pretrain_jobs(cfg):
         todo = [j for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
@@ -179,8 +177,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     tracker.log_files(paths + [study_dir / "fits.json"])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
-    summary = _summary(cfg, study_dir, table, report, time.time() - started, concurrent,
-                       Ledger(study_dir / "pretrain").entries(), entries)
+    summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _print_summary(summary, report, progress)
     if unfinished:
@@ -190,10 +187,11 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     return EXIT_OK
 
 
-def _summary(cfg, study_dir: Path, table, report: dict, wall: float, concurrent: int, pretrain: dict,
-             trials: dict) -> dict:
-    """What ran, where it went, and how much of the wall time went into training and evaluation steps."""
+def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrain: dict, trials: dict) -> dict:
+    """What ran, where it went, and how much of the training stages' wall time (first job start to last job
+    end, over every attempt of a resumed study) went into training and evaluation steps."""
     jobs = [e for e in [*pretrain.values(), *trials.values()] if "ended_at" in e and "metrics" in e]
+    wall = max(e["ended_at"] for e in jobs) - min(e["started_at"] for e in jobs) if jobs else 0.0
     busy = sum(e["metrics"].get("train_seconds", 0) + e["metrics"].get("eval_seconds", 0) for e in jobs)
     job_wall = sum(e["ended_at"] - e["started_at"] for e in jobs)
     return {

@@ -75,14 +75,16 @@ def test_cli_round_trip_on_parquet(results: pd.DataFrame, tmp_path: Path) -> Non
 
 
 def test_cli_reports_groups_it_cannot_fit(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"n": [1, 2, 4, 8, 1, 2], "err": [0.5, 0.4, 0.3, 0.25, 0.2, 0.2], "g": list("aaaabb")})
+    frame = pd.DataFrame({"n": [1, 2, 4, 8, 1, 2], "err": [0.5, 0.4, 0.3, 0.25, 0.2, 0.2],
+                          "g": ["a"] * 4 + [None] * 2})  # a missing group key becomes a group of its own
     path = tmp_path / "r.csv"
     frame.to_csv(path, index=False)
     code = main(["fit", str(path), "--x", "n", "--y", "err", "--group-by", "g", "--out", str(tmp_path / "o"),
                  "--n-boot", "10", "--formats", "png"])
     assert code == 1
     groups = {e["label"]: e for e in json.loads((tmp_path / "o" / "fits.json").read_text())["groups"]}
-    assert "fit" in groups["a"] and "constant" in groups["b"]["error"]
+    assert "fit" in groups["a"] and "constant" in groups["nan"]["error"]
+    assert groups["nan"]["group"] == {"g": None}
 
 
 def test_cli_rejects_bad_arguments(results: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

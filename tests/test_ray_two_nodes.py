@@ -1,7 +1,9 @@
-"""A two-node Ray cluster on loopback, started the way ray_cluster/ starts one on Slurm (`ray start --head` and
-`ray start --address`, each with its own temp dir and ports), runs 2-worker training with one worker per node."""
+"""A two-node Ray cluster on one machine, started the way ray_cluster/ starts one on Slurm (`ray start --head` and
+`ray start --address`, each with its own temp dir and ports), runs 2-worker training with one worker per node.
+(Told 127.0.0.1, Ray advertises the machine's own address instead; the two nodes differ by their ports.)"""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -120,12 +122,12 @@ def cluster(tmp_path_factory):
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
         # workers notice their raylet is gone and exit on their own, give them a moment
-        _, leftovers = psutil.wait_procs(_processes_with(marker), timeout=30)
-        leftovers = [p for p in leftovers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        psutil.wait_procs(_processes_with(marker), timeout=30)
+        leftovers = _processes_with(marker)
         for proc in leftovers:
-            proc.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
         assert not leftovers, f"Ray processes left behind after stopping both nodes: {[p.pid for p in leftovers]}"

@@ -98,17 +98,29 @@ def _assert_nothing_left(study_dir: Path, job_ids: list[str]) -> None:
         assert list((study_dir / "slurm" / job_id / "ray-logs").glob("*/raylet.out")), "Ray's logs were not kept"
 
 
-def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cpus, study_dir):
+def _say(capsys, text: str) -> None:
+    """Print past pytest's capture: the wall times belong in the CI log."""
+    with capsys.disabled():
+        print(f"\n{text}")
+
+
+def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cpus, study_dir, capsys):
     from mlflow.tracking import MlflowClient
 
     started = time.time()
-    _submit(study_dir, node_cpus, "--time=00:20:00")
+    _submit(study_dir, node_cpus, "--time=00:20:00", f"data.cache_dir={study_dir.parent / 'cache'}")
     (job_id,) = _wait_for_chain(study_dir, timeout=900)
-    print(f"\nsbatch smoke study: {time.time() - started:.0f} s wall from submission to the end of the job")
+    _say(capsys, f"sbatch smoke study: {time.time() - started:.0f} s wall from submission to the end of the job")
     log = (study_dir / "slurm" / f"{job_id}.out").read_text()
     assert "study completed" in log, log[-5000:]
     for name in ("summary.json", "results.parquet", "fits.json"):
         assert (study_dir / name).is_file(), name
+
+    # the study ran on this job's Ray cluster (a driver besides the job's own node check) and logged through
+    # the MLflow server the job started on the head node
+    drivers = list((study_dir / "slurm" / job_id / "ray-logs").glob("*/python-core-driver-*.log"))
+    assert len(drivers) >= 2, drivers
+    assert "POST /api/2.0/mlflow/runs/create" in (study_dir / "slurm" / job_id / "mlflow.log").read_text()
 
     import pandas as pd
 
@@ -124,14 +136,14 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cp
     _assert_nothing_left(study_dir, [job_id])
 
 
-def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir):
+def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir, capsys):
     started = time.time()
     # 3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
     # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later
     _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4",
             f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
     job_ids = _wait_for_chain(study_dir, timeout=720)
-    print(f"\nresubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
+    _say(capsys, f"resubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
     logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
     assert len(job_ids) >= 2, logs
     assert "study completed" in logs[job_ids[-1]], logs[job_ids[-1]][-3000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,8 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_value(value: Any) -> Any:
+    """A group key as JSON has it: numpy scalars as Python ones, a missing value (NaN) as null."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def _entry(group_by: Sequence[str], key: tuple, result: Fit | FitError) -> dict[str, Any]:
-    entry: dict[str, Any] = {"group": {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(group_by, key)},
+    entry: dict[str, Any] = {"group": {c: _json_value(v) for c, v in zip(group_by, key)},
                              "label": group_label(group_by, key)}
     if isinstance(result, Fit):
         entry["fit"] = result.to_dict()

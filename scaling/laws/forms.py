@@ -1,10 +1,11 @@
 """The functional forms of scaling laws, in one place.
 
 Each form is a :class:`Form`: its public parameter names (as written in its formula), how many input variables
-it takes, and four small functions the fitter needs. Fitting happens on an *internal* parameter vector in
-which every input is centred, ``u = log(x / x_ref)`` with ``x_ref`` the geometric middle of the data: amplitudes
-then stay near the scale of ``y`` and are not collinear with their exponents, which is what keeps the local
-optimiser well conditioned when ``x`` spans 1e6..1e10. ``to_public``/``to_internal`` convert between the two.
+it takes, and three small functions the fitter needs (prediction, bounds, starting grid). Fitting happens on an
+*internal* parameter vector in which every input is centred, ``u = log(x / x_ref)`` with ``x_ref`` the
+geometric middle of the data: amplitudes then stay near the scale of ``y`` and are not collinear with their
+exponents, which keeps the local optimiser well conditioned when ``x`` spans 1e6..1e10. ``Form.to_public``
+converts back to the units of the data.
 
 Forms (``x`` one variable unless said; all exponents are decay rates, so the laws fall with ``x``):
 
