@@ -30,8 +30,9 @@ class StudyStopped(Exception):
 
 
 class _StopRequests:
-    """SIGUSR1 and SIGTERM request a clean stop. Tune installs its own SIGUSR1 handler while it runs (it then
-    ends the trials gracefully), so SIGTERM is forwarded as SIGUSR1, and ours is put back after each stage."""
+    """SIGUSR1 and SIGTERM request a clean stop. While a Tune stage runs, Tune's own SIGUSR1 (and SIGINT)
+    handler ends it gracefully, leaving unfinished jobs in the ledgers; SIGTERM is forwarded as SIGUSR1 (ray.init
+    installs a SIGTERM handler that aborts, so ours are installed again after it and after every stage)."""
 
     def __init__(self):
         self.requested = False
@@ -44,9 +45,11 @@ class _StopRequests:
     def _request(self, *_):
         self.requested = True
 
-    def check(self) -> None:
+    def check(self, interrupted: bool = False) -> None:
+        """Raise StudyStopped when a stop was requested, or when a stage ended with jobs neither done nor failed
+        (Tune was stopped by a signal)."""
         self.install()
-        if self.requested:
+        if self.requested or interrupted:
             raise StudyStopped()
 
 
@@ -101,6 +104,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
         tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
         _start_ray(address, study_dir / "logs")
         connected = True
+        stops.install()
         status = _train_and_analyse(cfg, data, study_dir, tracker, progress, stops)
         tracker.close("FINISHED" if status == EXIT_OK else "FAILED")
         return status
@@ -147,15 +151,17 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     concurrent = sweep.concurrency(cfg, ray.cluster_resources())
     store = CheckpointStore(ctx.store_dir)
 
+    pretrain_ledger = Ledger(study_dir / "pretrain")
     for wave in pretrain_jobs(cfg):
         todo = [j for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
         progress.stage("pretrain", len(todo), concurrent)
         if todo:
-            sweep.run_pretraining(ctx, todo, concurrent, tracker, progress, Ledger(study_dir / "pretrain"))
-        stops.check()
+            sweep.run_pretraining(ctx, todo, concurrent, tracker, progress, pretrain_ledger)
         missing = [j.name for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
-        if missing:
-            progress.say(f"pre-training failed for {', '.join(missing)}; see {study_dir / 'logs'}; "
+        failed = [name for name in missing if pretrain_ledger.get(name).get("status") == "failed"]
+        stops.check(interrupted=len(failed) < len(missing))
+        if failed:
+            progress.say(f"pre-training failed for {', '.join(failed)}; see {study_dir / 'logs'}; "
                          "run the same command again to retry")
             return EXIT_FAILED
 
@@ -167,7 +173,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     if pending:
         attempt = len(list((study_dir / "tune").glob("finetune-*"))) if (study_dir / "tune").exists() else 0
         sweep.run_finetuning(ctx, pending, ledger, concurrent, tracker, progress, attempt)
-    stops.check()
+    stops.check(interrupted=any(ledger.get(p.name).get("status") not in (*sweep.ENDED, "failed") for p in pending))
 
     entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
     table = results_table(entries, cfg)

@@ -84,33 +84,52 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "MLflow" in result.stdout
 
 
+def _start(args: list[str], cache: Path) -> subprocess.Popen:
+    log = open(Path(args[args.index("--out") + 1]).parent / "driver.log", "a")
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args, f"data.cache_dir={cache}"], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_mid_sweep(driver: subprocess.Popen, ledger: Path, finished: int) -> dict:
+    """Wait until `finished` trials have ended and another one runs; return the ledger then."""
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None:
+        entries = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")} if ledger.exists() else {}
+        statuses = [e["status"] for e in entries.values()]
+        if statuses.count("finished") >= finished and "running" in statuses:
+            return entries
+        time.sleep(0.5)
+    raise AssertionError("the study ended (or hung) before it could be stopped mid-sweep")
+
+
 @pytest.mark.slow
-def test_a_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
+def test_a_stopped_then_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     out, cache = tmp_path / "resumed", tmp_path / "cache"
     args = ["--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.seeds=[0, 1, 2]",
             "sweep.max_concurrent_trials=1"]
-    driver = subprocess.Popen([sys.executable, str(SCRIPT), *args, f"data.cache_dir={cache}"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ledger = out / "trials"
-    deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None:
-        entries = [json.loads(p.read_text()) for p in ledger.glob("*.json")] if ledger.exists() else []
-        if any(e["status"] == "finished" for e in entries) and any(e["status"] == "running" for e in entries):
-            break
-        time.sleep(0.5)
-    assert driver.poll() is None, "the study ended before it could be killed mid-sweep"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray cluster; its MLflow server lives on
+
+    # SIGUSR1 (what Slurm sends before the time limit): a clean stop that says it can be resumed
+    driver = _start(args, cache)
+    _wait_mid_sweep(driver, ledger, finished=1)
+    os.kill(driver.pid, signal.SIGUSR1)  # to the driver alone, as the job script forwards Slurm's signal
+    assert driver.wait(timeout=300) == 75
+
+    # SIGKILL of the resumed driver and its local Ray cluster; its MLflow server lives on
+    driver = _start(args, cache)
+    before = _wait_mid_sweep(driver, ledger, finished=2)
+    os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     orphan_server = int((out / "logs" / "mlflow-server.pid").read_text())
     assert _process_group(orphan_server)
     before = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
     finished_before = {k: v["ended_at"] for k, v in before.items() if v["status"] == "finished"}
-    assert finished_before
+    assert len(finished_before) >= 2
 
     result = study(*args, cache=cache)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
-    # finished trials were not run again; the interrupted one kept its hyper-parameters
+    # finished trials were not run again; interrupted ones kept their hyper-parameters
     assert {k: after[k]["ended_at"] for k in finished_before} == finished_before
     for name, entry in before.items():
         if entry["status"] == "running":
