@@ -40,10 +40,10 @@ import pyarrow.parquet as pq
 
 from scaling.data.base import RECORD_COLUMNS, SPLITS, DataError, Dataset, Task
 from scaling.data.preprocess import Preprocess, decode_png, encode_png, preprocess_image
+from scaling.publish import MANIFEST, publish
 
 #: bump when the on-disk layout changes; old shard sets then get a new key and are rebuilt
 SHARD_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 RECORDS = "records.parquet"
 #: target size of one Parquet row group: the unit a reader decodes and caches
 GROUP_BYTES = 4 << 20
@@ -323,20 +323,10 @@ def _build(dataset: Dataset, preprocess: Preprocess, records: pd.DataFrame, fina
             "skipped": skipped,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        for name in manifest["files"]:
-            _fsync(tmp / name)
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if _open_if_complete(final) is None:  # rename-wins: keep another preparer's complete result
-                raise
+        if not publish(tmp, final, manifest):  # rename-wins: keep another preparer's complete result
+            if _open_if_complete(final) is None:
+                raise FileExistsError(f"{final} exists but is not a complete shard set")
             shutil.rmtree(tmp, ignore_errors=True)
-        _fsync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -355,14 +345,6 @@ def _write_records(path: Path, records: pd.DataFrame, task: Task) -> None:
         "y": y,
     })
     pq.write_table(table, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

@@ -36,7 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-MANIFEST = "manifest.json"
+from scaling.publish import MANIFEST, publish
+
 #: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
 STATE_FILE = "model.pt"
 
@@ -75,14 +76,6 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         pass  # exists, owned by another user
     return True
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointStore:
@@ -154,29 +147,15 @@ class CheckpointStore:
             build(tmp)
             if (tmp / MANIFEST).exists():
                 raise ValueError(f"the build wrote {MANIFEST}, a file name the checkpoint store reserves")
-            files = {}
-            for dirpath, _, filenames in os.walk(tmp, topdown=False):
-                for name in filenames:
-                    file = Path(dirpath, name)
-                    _fsync(file)
-                    files[str(file.relative_to(tmp))] = file.stat().st_size
-                _fsync(Path(dirpath))
-            manifest = {"key": key, "parts": parts, "files": dict(sorted(files.items())),
+            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            manifest = {"key": key, "parts": parts, "files": files,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": _HOST,
                         "build_s": round(time.monotonic() - start, 3)}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync(tmp)
-            try:
-                os.rename(tmp, self.path(key))
-            except OSError:
+            if not publish(tmp, self.path(key), manifest):
                 if not self.exists(key):
-                    raise
+                    raise FileExistsError(f"{self.path(key)} exists but holds no finished checkpoint")
                 _log.warning("checkpoint %s was built twice (a lock was taken over); keeping the first", key)
                 shutil.rmtree(tmp)
-            _fsync(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
