@@ -89,6 +89,7 @@ class Recipe:
 
 @dataclass
 class FinetuneConfig:
+    #: every trial takes its steps from `budgets` and its lr and weight decay from the ranges below
     recipe: Recipe = field(default_factory=Recipe)
     #: fine-tuning budgets in optimizer steps, the budget axis
     budgets: list[int] = field(default_factory=lambda: [500], metadata={"min": 1})
