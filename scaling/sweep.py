@@ -24,6 +24,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from scaling.config import ConfigError
 from scaling.data.subsets import n_shot, nested_subset
 from scaling.plan import BOTH, FinetunePoint, PretrainJob
 from scaling.train.loop import JobSpec
@@ -35,8 +36,8 @@ AXES = ("model", "source", "pretrain_size", "budget", "shots", "seed", "sample")
 ENDED = ("finished", "stopped")
 
 
-class ClusterTooSmall(RuntimeError):
-    pass
+class ClusterTooSmall(ConfigError):
+    """The resources the config asks for one job exceed the whole Ray cluster."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class SweepContext:
         if job.source == BOTH:
             parts["init"] = self.pretrain_parts(replace(job, source="natural"))
         return parts
+
+    def pretrained_weights(self, job: PretrainJob) -> str:
+        """The weights file of a pre-training job's store entry (which may not be built yet)."""
+        from scaling.train.store import STATE_FILE, CheckpointStore, key_for
+
+        return str(CheckpointStore(self.store_dir).path(key_for(**self.pretrain_parts(job))) / STATE_FILE)
 
 
 def concurrency(cfg, cluster: dict) -> int:
@@ -114,20 +121,17 @@ def pretrain_trial(config: dict, ctx: SweepContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from scaling.train.job import export_weights, run_job
-    from scaling.train.store import STATE_FILE, CheckpointStore, key_for
+    from scaling.train.store import STATE_FILE, CheckpointStore
 
     job = PretrainJob(**config["job"])
-    store = CheckpointStore(ctx.store_dir)
-    init = None
-    if job.source == BOTH:
-        init = str(store.path(key_for(**ctx.pretrain_parts(replace(job, source="natural")))) / STATE_FILE)
+    init = ctx.pretrained_weights(replace(job, source="natural")) if job.source == BOTH else None
 
     def build(tmp: Path) -> None:
         result = run_job(pretrain_spec(ctx, job, init), name=job.name, storage_path=ctx.jobs_dir,
                          resources=ctx.cfg.resources, callbacks=[TuneReportCallback()])
         export_weights(result, tmp / STATE_FILE)
 
-    store.get_or_create(ctx.pretrain_parts(job), build)
+    CheckpointStore(ctx.store_dir).get_or_create(ctx.pretrain_parts(job), build)
 
 
 def finetune_trial(config: dict, ctx: SweepContext) -> None:
@@ -135,13 +139,10 @@ def finetune_trial(config: dict, ctx: SweepContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from scaling.train.job import run_job
-    from scaling.train.store import STATE_FILE, CheckpointStore, key_for
 
     point = FinetunePoint(**{k: config[k] for k in AXES})
     job = point.pretrain(ctx.cfg.seed)
-    init = None
-    if job is not None:
-        init = str(CheckpointStore(ctx.store_dir).path(key_for(**ctx.pretrain_parts(job))) / STATE_FILE)
+    init = ctx.pretrained_weights(job) if job is not None else None
     spec = finetune_spec(ctx, point, config["lr"], config["weight_decay"], init)
     run_job(spec, name=point.name, storage_path=ctx.jobs_dir, resources=ctx.cfg.resources,
             callbacks=[TuneReportCallback()])

@@ -47,6 +47,14 @@ def test_bad_config_is_rejected_before_anything_starts(tmp_path):
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
+def test_a_job_larger_than_the_cluster_is_a_clear_error(tmp_path):
+    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path / "big"),
+                   "resources.num_workers=8", cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "resources: one job needs 8 worker(s) x 1.0 CPU, but the Ray cluster has" in result.stderr
+
+
 @pytest.mark.parametrize("name", ["covidx_bit", "tb_bit"])
 def test_real_study_configs_validate_and_name_their_missing_roots(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
