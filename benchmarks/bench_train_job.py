@@ -47,7 +47,7 @@ def main() -> None:
     train = tuple(int(i) for i in recs["index"][recs["split"] == "train"])
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, lr=0.05, eval_every=args.steps)
     spec = JobSpec(kind="scratch", ladder="cpu", model=rung, shards=str(shards.path), train=train[:-128],
-                   val=train[-128:], test=(), recipe=recipe, seed=0)
+                   val=train[-128:], test=(), recipe=recipe, seeds=(0,))
 
     ray.init(num_cpus=cpus, log_to_driver=False)
     rows = []

@@ -92,7 +92,7 @@ def main() -> None:
         train, val = tuple(map(int, rows_all[:-args.batch])), tuple(map(int, rows_all[-args.batch:]))
         recipe = Recipe(steps=args.steps, batch_size=args.batch, lr=1e-3, eval_every=args.steps, augment=False)
         spec = JobSpec(kind="scratch", ladder=args.ladder, model=args.model, shards=str(shards.path), train=train,
-                       val=val, test=(), recipe=recipe, seed=0, bf16=True)
+                       val=val, test=(), recipe=recipe, seeds=(0,), bf16=True)
         resources = ResourcesConfig(num_workers=1, use_gpu=gpu, gpus_per_worker=1, cpus_per_worker=1)
         m = run_job(spec, name=f"job-{crop}", storage_path=work, resources=resources).metrics
         job_tp = args.steps * args.batch / m["train_seconds"]

@@ -44,11 +44,21 @@ def _fit(x, y, seed: int):
         return fit(x, y, form="power", seed=seed)
 
 
+def per_seed(best: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed of every tuned trial, with that seed's test error: the points the laws are fitted to
+    and the figures show (a trial trains its seeds side by side and reports their mean)."""
+    rows = best.assign(test_roc_auc=best["test_roc_auc_seeds"].map(json.loads)).explode("test_roc_auc")
+    rows["test_roc_auc"] = rows["test_roc_auc"].astype(float)
+    rows["test_error"] = 1.0 - rows["test_roc_auc"]
+    return rows.reset_index(drop=True)
+
+
 def summary_table(best: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds of the tuned test AUC per model, source and pre-training size."""
-    cols = [*GROUP, "source", "pretrain_size"]
-    agg = best.groupby(cols)["test_roc_auc"].agg(["mean", "std", "count"]).reset_index()
-    return agg.rename(columns={"mean": "test_auc", "std": "sd", "count": "seeds"})
+    """The tuned test AUC per model, source and pre-training size: the mean over the trial's seeds, and their
+    spread (sd; absent with one seed)."""
+    cols = [*GROUP, "source", "pretrain_size", "test_roc_auc"] + (["test_roc_auc_sd"] if "test_roc_auc_sd" in best
+                                                                   else [])
+    return best[cols].rename(columns={"test_roc_auc": "test_auc", "test_roc_auc_sd": "sd"})
 
 
 def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
@@ -57,9 +67,10 @@ def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
     if best.empty:
         log("analysis: no finished trials to analyse")
         return {"fits": [], "figures": []}
-    fits = fit_transfer_laws(best, seed)
+    points = per_seed(best)
+    fits = fit_transfer_laws(points, seed)
     (study_dir / "fits.json").write_text(json.dumps(fits, indent=1, default=_plain))
-    figures = draw_figures(best, study_dir / "figures", seed)
+    figures = draw_figures(points, study_dir / "figures", seed)
     return {"fits": fits, "figures": [str(p) for p in figures], "table": summary_table(best)}
 
 

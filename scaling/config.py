@@ -103,6 +103,7 @@ class SweepConfig:
     sources: list[Literal["scratch", "natural", "medical", "both"]] = field(
         default_factory=lambda: ["scratch", "natural", "medical"]
     )
+    #: fine-tuning seeds: every trial trains one model per seed side by side and reports their mean
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"min": 0})
     #: Optuna hyper-parameter samples per cell of the scaling grid
     trials_per_cell: int = _opt(1, min=1)

@@ -3,19 +3,21 @@
 Ladders (smallest rung first, parameters strictly increasing):
   - ``bit``: BiT ResNet-v2 R50x1 .. R152x4, the reference study's family, ImageNet-21k weights (timm ``goog_in21k``).
   - ``vit``: ViT-Ti/S/B/L with 16 px patches, ImageNet-21k weights (timm ``augreg_in21k``).
-  - ``cpu``: miniature BiTs for the embedded default on 2 CPU cores at 32-64 px (~21k to ~1.2M parameters).
-    Same timm class and the same BiT ingredients (weight-standardised convs, GroupNorm, pre-activation,
-    BiT's stem) with basic blocks, one block per stage, three stages, and the width as the only knob.
+  - ``cpu``: miniature ResNet-v2s for the embedded default on 2 CPU cores at 32-64 px (~21k to ~1.2M parameters).
+    BiT's timm class, pre-activation blocks and stem, with basic blocks, one block per stage, three stages and the
+    width as the only knob -- but BatchNorm and plain convolutions instead of BiT's GroupNorm and weight
+    standardisation: at these sizes, pre-trained on the synthetic medical source, BatchNorm rungs transferred to
+    the COVIDx-like target and GroupNorm ones did not (no gain over scratch in a 4-seed calibration).
 
 Grayscale X-rays: every model takes 3 channels and grayscale batches are replicated (``to_rgb``, a view), rather
 than building ``in_chans=1`` models. Replication keeps every checkpoint interchangeable: ImageNet-21k weights, a
 model pre-trained on the colour natural source and one pre-trained on the gray medical source all fit the same
 model unchanged. And it is exact: timm's ``in_chans=1`` sums the three stem kernels, which reproduces the RGB
-model on replicated input only for a plain convolution; BiT's (and the cpu ladder's) weight-standardised stem
-standardises after the sum, so the summed model computes something else (see tests). The price is the stem's
+model on replicated input only for a plain convolution; BiT's weight-standardised stem standardises after the
+sum, so the summed model computes something else (see tests). The price is the stem's
 input channels: +2% FLOPs for R50x1 at 224 px, +12% for cpu w64 and +70% for cpu w8 at 48 px (whose stem
 dominates). ``in_chans=1`` remains for training from scratch; 3-channel weights load into it only where summing
-is exact (ViT's patch embedding).
+is exact (plain convolutions and ViT's patch embedding).
 
 Weights load offline only: from a local file, or from the Hugging Face cache that
 ``python -m scaling.models download LADDER`` fills on a machine with internet (compute nodes have none).
@@ -25,13 +27,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 import timm
 import torch
-from timm.layers import GroupNormAct, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from timm.layers import BatchNormAct2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame, create_conv2d
 from timm.models import adapt_input_conv, get_pretrained_cfg
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -85,17 +87,13 @@ def _vit(size: str) -> Rung:
     return Rung("vit", size, f"vit_{size}_patch16_224", hub_tag="augreg_in21k", patch=16)
 
 
-# BiT's ingredients (resnetv2_*_bit) at small widths. GroupNorm, as in BiT, keeps the models indifferent to the
-# per-worker batch size; 4 groups instead of BiT's 32 leave at least 2 channels per group at width 8.
-_MINI_BIT = dict(
-    layers=[1, 1, 1], stem_type="fixed", conv_layer=partial(StdConv2d, eps=1e-8),
-    norm_layer=partial(GroupNormAct, num_groups=4),
-)
+# BiT's architecture (resnetv2) at small widths, with timm's BatchNorm pre-activation layers (as resnetv2_50)
+_MINI_RESNETV2 = dict(layers=[1, 1, 1], stem_type="fixed", conv_layer=create_conv2d, norm_layer=BatchNormAct2d)
 
 
 def _mini(width: int) -> Rung:
     return Rung("cpu", f"w{width}", "resnetv2_18",
-                dict(_MINI_BIT, channels=(width, 2 * width, 4 * width), stem_chs=width))
+                dict(_MINI_RESNETV2, channels=(width, 2 * width, 4 * width), stem_chs=width))
 
 
 LADDERS: dict[str, Ladder] = {

@@ -33,25 +33,24 @@ class PretrainJob:
 
 @dataclass(frozen=True)
 class FinetunePoint:
-    """One point of the fine-tuning grid; `sample` numbers the hyper-parameter samples of a cell."""
+    """One point of the fine-tuning grid; `sample` numbers the hyper-parameter samples of a cell. Its trial
+    trains one model per seed of the study (`sweep.seeds`), side by side in one job."""
 
     model: str
     source: str
     pretrain_size: int
     budget: int
     shots: int
-    seed: int
     sample: int
 
     @property
     def name(self) -> str:
-        return (f"ft-{self.model}-{self.source}-{self.pretrain_size}-b{self.budget}-k{self.shots}"
-                f"-s{self.seed}-t{self.sample}")
+        return f"ft-{self.model}-{self.source}-{self.pretrain_size}-b{self.budget}-k{self.shots}-t{self.sample}"
 
     @property
     def cell(self) -> tuple:
         """The point without its hyper-parameter sample: trials of one cell compete (ASHA, best-of)."""
-        return (self.model, self.source, self.pretrain_size, self.budget, self.shots, self.seed)
+        return (self.model, self.source, self.pretrain_size, self.budget, self.shots)
 
     def pretrain(self, seed: int) -> PretrainJob | None:
         """The pre-training job this point starts from (pre-training is seeded by the study seed)."""
@@ -64,15 +63,15 @@ class FinetunePoint:
 
 
 def finetune_points(cfg) -> list[FinetunePoint]:
-    """Every point of model x source x pre-training size x budget x shots x seed x sample; from-scratch
-    points have pre-training size 0."""
+    """Every point of model x source x pre-training size x budget x shots x sample; from-scratch points have
+    pre-training size 0."""
     points = []
-    for model, source, budget, shots, seed, sample in itertools.product(
-            cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots, cfg.sweep.seeds,
+    for model, source, budget, shots, sample in itertools.product(
+            cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots,
             range(cfg.sweep.trials_per_cell)):
         sizes = [0] if source == SCRATCH else cfg.data.source_sizes
-        points += [FinetunePoint(model, source, size, budget, shots, seed, sample) for size in sizes]
-    return sorted(set(points), key=lambda p: (p.sample, p.seed, p.model, p.source, p.pretrain_size, p.budget, p.shots))
+        points += [FinetunePoint(model, source, size, budget, shots, sample) for size in sizes]
+    return sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots))
 
 
 def pretrain_jobs(cfg) -> list[list[PretrainJob]]:

@@ -19,7 +19,7 @@ def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
     for name, entry in sorted(ledger_entries.items()):
         metrics = entry.get("metrics", {})
         row = {"trial": name, "status": entry["status"]}
-        row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "seed", "sample",
+        row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "sample",
                                             "lr", "weight_decay", "params", "flops_per_image")})
         row.update({k: v for k, v in metrics.items() if not k.endswith("_confusion")})
         per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * cfg.finetune.recipe.batch_size
@@ -39,7 +39,7 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done
-    cell = ["model", "source", "pretrain_size", "budget", "shots", "seed"]
+    cell = ["model", "source", "pretrain_size", "budget", "shots"]
     best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
     return best.sort_values(cell).reset_index(drop=True)
 

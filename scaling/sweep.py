@@ -4,7 +4,7 @@ Pre-training: one Tune trial per unique job; each builds its checkpoint through 
 so a job finished earlier (or by a concurrent study) is reused, not retrained.
 
 Fine-tuning: Optuna (TPE, seeded) samples learning rate and weight decay; the scaling grid is covered exactly
-by enqueueing every grid point (model, source, pre-training size, budget, shots, seed, sample) as a partial
+by enqueueing every grid point (model, source, pre-training size, budget, shots, sample) as a partial
 Optuna trial -- Optuna fixes those axes and samples only the hyper-parameters. One search over all cells
 lets TPE learn from every trial; `PerCellASHA` stops a trial only against trials of its own cell, since a
 fine-tuning budget or a source changes what a good validation AUC is.
@@ -31,7 +31,7 @@ from scaling.train.loop import JobSpec
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
 METRIC = "val_roc_auc"
-AXES = ("model", "source", "pretrain_size", "budget", "shots", "seed", "sample")
+AXES = ("model", "source", "pretrain_size", "budget", "shots", "sample")
 #: ledger statuses of trials that are not run again
 ENDED = ("finished", "stopped")
 
@@ -95,7 +95,7 @@ def pretrain_spec(ctx: SweepContext, job: PretrainJob, init: str | None) -> JobS
     train = nested_subset(records.loc[prepared.train], job.size, job.seed)
     return JobSpec(kind="pretrain", ladder=ctx.cfg.models.ladder, model=job.model, shards=str(prepared.shards.path),
                    train=tuple(map(int, train)), val=tuple(map(int, prepared.val)), test=(), recipe=ctx.cfg.pretrain,
-                   seed=job.seed, init=init, bf16=ctx.cfg.resources.bf16,
+                   seeds=(job.seed,), init=init, bf16=ctx.cfg.resources.bf16,
                    loader_workers=ctx.cfg.resources.loader_workers, tags={"job": job.name})
 
 
@@ -103,13 +103,14 @@ def finetune_spec(ctx: SweepContext, point: FinetunePoint, lr: float, weight_dec
                   ) -> JobSpec:
     cfg, target = ctx.cfg, ctx.data.target
     train = target.train
-    if point.shots:
-        train = n_shot(target.shards.records.loc[target.train], point.shots, cfg.seed + point.seed)
+    if point.shots:  # one draw of the shots per study: the seeds of a trial differ in initialisation and order
+        train = n_shot(target.shards.records.loc[target.train], point.shots, cfg.seed)
     recipe = replace(cfg.finetune.recipe, steps=point.budget, lr=lr, weight_decay=weight_decay,
                      eval_every=min(cfg.finetune.recipe.eval_every, point.budget))
     return JobSpec(kind="finetune" if init else "scratch", ladder=cfg.models.ladder, model=point.model,
                    shards=str(target.shards.path), train=tuple(map(int, train)), val=tuple(map(int, target.val)),
-                   test=tuple(map(int, target.test)), recipe=recipe, seed=cfg.seed * 1000 + point.seed, init=init,
+                   test=tuple(map(int, target.test)), recipe=recipe,
+                   seeds=tuple(cfg.seed * 1000 + s for s in cfg.sweep.seeds), init=init,
                    bf16=cfg.resources.bf16, loader_workers=cfg.resources.loader_workers, tags={"job": point.name})
 
 
@@ -158,7 +159,7 @@ class GridSpace:
     def __init__(self, cfg):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
                         "pretrain_size": [0, *cfg.data.source_sizes], "budget": list(cfg.finetune.budgets),
-                        "shots": list(cfg.data.shots), "seed": list(cfg.sweep.seeds),
+                        "shots": list(cfg.data.shots),
                         "sample": list(range(cfg.sweep.trials_per_cell))}
         self.ranges = {"lr": tuple(cfg.finetune.lr_range), "weight_decay": tuple(cfg.finetune.weight_decay_range)}
 
@@ -204,7 +205,7 @@ def _params(entry: dict) -> dict:
 
 class PerCellASHA(FIFOScheduler):
     """ASHA on optimizer steps (so a resumed trial keeps its place), comparing a trial only with trials of
-    its own cell (same model, source, pre-training size, budget, shots and seed): one ASHA per cell,
+    its own cell (same model, source, pre-training size, budget and shots): one ASHA per cell,
     created on the cell's first trial."""
 
     def __init__(self, eval_every: int, grace_evals: int, reduction_factor: int):
@@ -287,7 +288,8 @@ def _tuner(trainable, ctx: SweepContext, name: str, tune_config, callbacks, para
     from ray import tune
 
     # a trial only waits for its TorchTrainer, whose workers hold the resources: it reserves no CPU, and one
-    # byte of memory because Tune refuses an empty reservation
+    # byte of memory because Tune refuses an empty reservation. Trial actors are reused (reuse_actors in the
+    # TuneConfigs): a new trial then skips a process start and its imports.
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, ctx=ctx), {"CPU": 0, "memory": 1}),
         param_space=param_space or {},
@@ -315,7 +317,8 @@ def run_pretraining(ctx: SweepContext, wave: list[PretrainJob], concurrent: int,
                           "recipe": asdict(ctx.cfg.pretrain)}
 
     callback = StudyCallback("pretrain", tracker, progress, ledger=ledger, describe=describe)
-    _tuner(pretrain_trial, ctx, f"pretrain-{wave[0].source}", tune.TuneConfig(max_concurrent_trials=concurrent),
+    _tuner(pretrain_trial, ctx, f"pretrain-{wave[0].source}",
+           tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
            [callback], param_space={"job": tune.grid_search([asdict(j) for j in wave])}).fit()
 
 
@@ -334,6 +337,6 @@ def run_finetuning(ctx: SweepContext, pending: list[FinetunePoint], ledger, conc
         search_alg=make_searcher(cfg, pending, ledger.entries()),
         scheduler=PerCellASHA(cfg.finetune.recipe.eval_every, cfg.sweep.asha_grace_evals,
                               cfg.sweep.asha_reduction_factor),
-        num_samples=len(pending), max_concurrent_trials=concurrent)
+        num_samples=len(pending), max_concurrent_trials=concurrent, reuse_actors=True)
     callback = StudyCallback("finetune", tracker, progress, ledger=ledger, describe=describe)
     _tuner(finetune_trial, ctx, f"finetune-{attempt}", tune_config, [callback]).fit()

@@ -88,7 +88,7 @@ def test_cpu_rung_trains_on_replicated_grayscale():
 
 def test_single_channel_models_load_rgb_weights_only_where_exact(tmp_path):
     """Summing a plain stem's RGB kernels (ViT) computes what replicated gray input does; a weight-standardised
-    stem (BiT, cpu ladder) standardises after the sum and would compute something else, so it is refused."""
+    stem (BiT) standardises after the sum and would compute something else, so it is refused."""
     torch.manual_seed(0)
     x = torch.rand(3, 1, 64, 64)
     rgb_vit = create_model("vit", "tiny", 2, img_size=64).eval()
@@ -98,9 +98,9 @@ def test_single_channel_models_load_rgb_weights_only_where_exact(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(gray_vit(x), rgb_vit(to_rgb(x)), rtol=1e-4, atol=1e-5)
 
-    rgb_w8 = create_model("cpu", "w8", 2)
+    rgb_bit = create_model("bit", "R50x1", 2)
     with pytest.raises(ModelError, match="weight-standardised stem.*in_chans=3 and replicate"):
-        create_model("cpu", "w8", 2, in_chans=1, pretrained=_save(rgb_w8, tmp_path / "w8.pt"))
+        create_model("bit", "R50x1", 2, in_chans=1, pretrained=_save(rgb_bit, tmp_path / "r50.pt"))
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])

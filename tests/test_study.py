@@ -76,6 +76,7 @@ def test_smoke_study_end_to_end(tmp_path):
     assert sorted(table["source"]) == ["medical", "scratch"]
     assert (table["status"] == "finished").all()
     assert table["test_roc_auc"].between(0, 1).all() and (table["finetune_flops"] > 0).all()
+    assert table["test_roc_auc_sd"].notna().all()  # each trial trained the config's two seeds side by side
 
     mlflow_runs = runs(out / "mlflow.db")
     parent = mlflow_runs[mlflow_runs["kind"] == "study"]
@@ -113,8 +114,8 @@ def _wait_mid_sweep(driver: subprocess.Popen, ledger: Path, finished: int) -> di
 @pytest.mark.slow
 def test_a_stopped_then_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     out, cache = tmp_path / "resumed", tmp_path / "cache"
-    args = ["--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.seeds=[0, 1, 2]",
-            "sweep.max_concurrent_trials=1"]
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.seeds=[0, 1]",
+            "finetune.budgets=[20, 30, 40]", "sweep.max_concurrent_trials=1"]
     ledger = out / "trials"
 
     # SIGUSR1 (what Slurm sends before the time limit): a clean stop that says it can be resumed
@@ -143,7 +144,7 @@ def test_a_stopped_then_killed_driver_resumes_without_rerunning_or_duplicating(t
         if entry["status"] == "running":
             assert after[name]["lr"] == entry["lr"]
     table = pd.read_parquet(out / "results.parquet")
-    assert len(table) == 6 and (table["status"] == "finished").all()  # 2 sources x 3 seeds, as uninterrupted
+    assert len(table) == 6 and (table["status"] == "finished").all()  # 2 sources x 3 budgets, as uninterrupted
     jobs = runs(out / "mlflow.db")["job"].dropna()
     assert not jobs.duplicated().any() and len(jobs) == 7  # 6 fine-tuning runs + 1 pre-training run
     assert not _process_group(orphan_server), "the resumed study did not end the orphaned MLflow server"

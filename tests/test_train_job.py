@@ -2,6 +2,7 @@
 process killed for real mid-job."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ def _spec(shards, kind, steps, **kw):
     train = _indices(shards, "train")
     recipe = Recipe(steps=steps, batch_size=16, lr=0.05, eval_every=kw.pop("eval_every", steps), warmup_steps=2)
     return JobSpec(kind=kind, ladder="cpu", model=kw.pop("model", _smallest_rung()), shards=str(shards.path),
-                   train=train[:-32], val=train[-32:], test=_indices(shards, "test"), recipe=recipe, seed=0, **kw)
+                   train=train[:-32], val=train[-32:], test=_indices(shards, "test"), recipe=recipe,
+                   seeds=kw.pop("seeds", (0,)), **kw)
 
 
 def _smallest_rung():
@@ -65,12 +67,37 @@ def test_two_workers_pretrain_then_finetune(ray_cluster, shards, tmp_path):
     weights = tmp_path / "weights.pt"
     export_weights(pre, weights)
 
-    fine = run_job(_spec(target, "finetune", 12, init=str(weights)), name="fine", storage_path=tmp_path,
-                   resources=two)
+    fine = run_job(_spec(target, "finetune", 12, init=str(weights), seeds=(0, 1)), name="fine",
+                   storage_path=tmp_path, resources=two)
     assert fine.error is None and fine.metrics["step"] == 12
-    assert {"test_roc_auc", "test_accuracy", "test_ece"} <= set(fine.metrics)
+    assert {"test_roc_auc", "test_roc_auc_sd", "test_accuracy", "test_ece"} <= set(fine.metrics)
+    assert len(json.loads(fine.return_value["test_confusion"])) == 2  # one matrix per seed
     # rank 0's return value holds the same final metrics
     assert fine.return_value["test_roc_auc"] == pytest.approx(fine.metrics["test_roc_auc"])
+
+
+def _local(spec, tmp_path, name):
+    """The loop in this process (Train's local mode): fast, for what does not need Ray's workers."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from scaling.train.job import _worker
+
+    return TorchTrainer(_worker, train_loop_config={"spec": spec}, scaling_config=ScalingConfig(num_workers=0),
+                        run_config=RunConfig(name=name, storage_path=str(tmp_path))).fit().return_value
+
+
+def test_seeds_of_one_job_train_as_their_own_jobs_would(shards, tmp_path):
+    _, target = shards
+    alone = [_local(_spec(target, "scratch", 6, seeds=(s,)), tmp_path, f"s{s}") for s in (3, 4)]
+    together = _local(_spec(target, "scratch", 6, seeds=(3, 4)), tmp_path, "both")
+    assert alone[0]["val_roc_auc"] != alone[1]["val_roc_auc"]  # the seeds differ
+    for key in ("val_roc_auc", "val_nll", "test_roc_auc", "train_loss"):
+        assert together[key] == pytest.approx((alone[0][key] + alone[1][key]) / 2, rel=1e-5)
+    assert together["test_roc_auc_sd"] == pytest.approx(abs(alone[0]["test_roc_auc"] - alone[1]["test_roc_auc"])
+                                                        / 2 ** 0.5, rel=1e-5)
+    assert json.loads(together["test_confusion"]) == [json.loads(a["test_confusion"])[0] for a in alone]
+    assert json.loads(together["test_roc_auc_seeds"]) == pytest.approx([a["test_roc_auc"] for a in alone], rel=1e-5)
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: dict) -> None:

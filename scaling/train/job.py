@@ -45,8 +45,8 @@ def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, ca
 
 
 def export_weights(result, dest: str | Path) -> None:
-    """Write the final model weights of a finished job as a plain state-dict file: the checkpoint-store
-    artefact that later jobs start from (`JobSpec.init`)."""
+    """Write the final model weights of a finished job (its first seed's) as a plain state-dict file: the
+    checkpoint-store artefact that later jobs start from (`JobSpec.init`)."""
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    torch.save(state["model"], dest)
+    torch.save(state["replicas"][0]["model"], dest)

@@ -3,6 +3,11 @@
 Runs inside a Ray Train worker (or in-process in Train's local mode). The job is described by a `JobSpec`;
 batches are a pure function of (seed, step) (see batches.py), so a job restarted from its last checkpoint
 finishes with exactly the steps and data of an uninterrupted one.
+
+A job trains one model per seed in `JobSpec.seeds`, side by side in one process (replicas: same data and
+hyper-parameters, their own initialisation, batch order and augmentation), and reports the mean of their
+metrics. The seeds of a fine-tuning trial so share one Ray Train job instead of each paying for its start,
+and the hyper-parameter search sees a seed-averaged validation metric rather than one seed's luck.
 """
 from __future__ import annotations
 
@@ -34,13 +39,26 @@ class JobSpec:
     val: tuple[int, ...]
     test: tuple[int, ...]
     recipe: object  # scaling.config.Recipe
-    seed: int
+    #: one model per seed, trained side by side
+    seeds: tuple[int, ...]
     #: pre-trained weights file (see `save_weights`); None trains from random init
     init: str | None = None
     bf16: bool = True
     loader_workers: int = 0
     #: extra values echoed into every report (trial axes), for the callbacks that log them
     tags: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Replica:
+    """One seed's model and optimizer state."""
+
+    seed: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    augment_rng: torch.Generator = field(default_factory=torch.Generator)
+    loss: torch.Tensor | float = float("nan")
 
 
 def train_loop(spec: JobSpec) -> dict:
@@ -57,80 +75,88 @@ def train_loop(spec: JobSpec) -> dict:
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     recipe = spec.recipe
-    torch.manual_seed(spec.seed)
 
     shards = ShardSet.open(spec.shards)
     task = shards.task
-    model = _build_model(spec, task.num_outputs, shards.preprocess.resolution)
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe)
+    replicas = []
+    for seed in spec.seeds:
+        torch.manual_seed(seed)
+        model = _build_model(spec, task.num_outputs, shards.preprocess.resolution)
+        if on_gpu:
+            model = model.to(memory_format=torch.channels_last)
+        model = ray.train.torch.prepare_model(model)
+        optimizer = make_optimizer(model, recipe)
+        replicas.append(_Replica(seed, model, optimizer, make_scheduler(optimizer, recipe)))
 
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        for replica, saved in zip(replicas, state["replicas"], strict=True):
+            _unwrap(replica.model).load_state_dict(saved["model"])
+            replica.optimizer.load_state_dict(saved["optimizer"])
+            replica.scheduler.load_state_dict(saved["scheduler"])
         start = state["step"]
 
     train_set = ShardDataset(shards, spec.train)
     val_set = ShardDataset(shards, spec.val).partition(rank, world)
     test_set = ShardDataset(shards, spec.test).partition(rank, world) if spec.test else None
     weights = balanced_sampler_weights(train_set.labels) if recipe.balanced_sampling else None
-    sampler = StepBatches(np.arange(len(train_set)), recipe.batch_size, spec.seed, start=start, stop=recipe.steps,
-                          rank=rank, world_size=world, grad_accum=recipe.grad_accum, weights=weights)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=spec.loader_workers,
-                                         pin_memory=on_gpu)
-    augment_rng = torch.Generator()
+    loaders = [torch.utils.data.DataLoader(
+        train_set, num_workers=spec.loader_workers, pin_memory=on_gpu,
+        batch_sampler=StepBatches(np.arange(len(train_set)), recipe.batch_size, r.seed, start=start,
+                                  stop=recipe.steps, rank=rank, world_size=world, grad_accum=recipe.grad_accum,
+                                  weights=weights)) for r in replicas]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and spec.bf16)
 
     step, micro = start, 0
     # time spent in steps (data loading included) and in evaluation, to tell training from overhead
     clock = {"train_seconds": 0.0, "eval_seconds": 0.0, "first_step_at": time.time()}
-    train_loss = float("nan")
 
     def evaluate_and_report() -> dict:
         started = time.perf_counter()
-        metrics = {"step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                   **_prefixed("val", _evaluate(model, val_set, task.kind, device, autocast, world))}
+        metrics = {"step": step, "train_loss": float(np.mean([float(r.loss) for r in replicas])),
+                   "lr": replicas[0].scheduler.get_last_lr()[0],
+                   **_prefixed("val", _replica_mean([_evaluate(r.model, val_set, task.kind, device, autocast, world)
+                                                     for r in replicas]))}
         if step == recipe.steps and test_set is not None:
-            metrics.update(_prefixed("test", _evaluate(model, test_set, task.kind, device, autocast, world)))
+            metrics.update(_prefixed("test", _replica_mean(
+                [_evaluate(r.model, test_set, task.kind, device, autocast, world) for r in replicas])))
         clock["eval_seconds"] += time.perf_counter() - started
         if on_gpu:
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         metrics.update(spec.tags, **clock, reported_at=time.time())
-        _report(metrics, model, optimizer, scheduler, step, rank)
-        model.train()
+        _report(metrics, replicas, step, rank)
+        for r in replicas:
+            r.model.train()
         return metrics
 
     if start == recipe.steps:  # restarted after the last checkpoint: nothing to train, report the end again
         return evaluate_and_report()
     tick = time.perf_counter()
-    model.train()
-    for images, labels in loader:
-        # augmentation, like the batches, is a function of (seed, step): a resumed job replays it exactly
-        augment_rng.manual_seed(hash((spec.seed, step, micro, rank)) & 0x7FFFFFFF)
-        images = _prepare(images, device, train=recipe.augment, rng=augment_rng, on_gpu=on_gpu)
-        labels = labels.to(device)
+    for r in replicas:
+        r.model.train()
+    for batches in zip(*loaders):
         last_micro = micro == recipe.grad_accum - 1
-        with _no_sync_unless(model, last_micro), autocast:
-            loss = _loss(task.kind, model(images), labels) / recipe.grad_accum
-        loss.backward()
+        for r, (images, labels) in zip(replicas, batches):
+            # augmentation, like the batches, is a function of (seed, step): a resumed job replays it exactly
+            r.augment_rng.manual_seed(hash((r.seed, step, micro, rank)) & 0x7FFFFFFF)
+            images = _prepare(images, device, train=recipe.augment, rng=r.augment_rng, on_gpu=on_gpu)
+            with _no_sync_unless(r.model, last_micro), autocast:
+                loss = _loss(task.kind, r.model(images), labels.to(device)) / recipe.grad_accum
+            loss.backward()
+            if last_micro:
+                r.optimizer.step()
+                r.optimizer.zero_grad(set_to_none=True)
+                r.scheduler.step()
+                r.loss = loss.detach() * recipe.grad_accum  # a tensor: no device sync per step
         micro += 1
         if not last_micro:
             continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         step, micro = step + 1, 0
         if step % recipe.eval_every == 0 or step == recipe.steps:
             clock["train_seconds"] += time.perf_counter() - tick
-            train_loss = loss.item() * recipe.grad_accum
             metrics = evaluate_and_report()
             tick = time.perf_counter()
     return metrics
@@ -207,10 +233,21 @@ def _evaluate(model, dataset, kind: str, device, autocast, world: int, batch_siz
         torch.distributed.all_gather_object(gathered, part)
         part = ([p for g in gathered for p in g[0]], [y for g in gathered for y in g[1]])
     y, probs = np.concatenate(part[1]), np.concatenate(part[0])
-    return {**evaluate(kind, y, probs), "confusion": json.dumps(confusion_matrix(kind, y, probs).tolist())}
+    return {**evaluate(kind, y, probs), "confusion": confusion_matrix(kind, y, probs).tolist()}
 
 
-def _report(metrics: dict, model, optimizer, scheduler, step: int, rank: int) -> None:
+def _replica_mean(per_replica: list[dict]) -> dict:
+    """The replicas' mean of every metric; their ROC-AUCs and confusion matrices one per seed (JSON lists) and
+    the spread of ROC-AUC over them."""
+    out = {k: float(np.mean([m[k] for m in per_replica])) for k in per_replica[0] if k != "confusion"}
+    if len(per_replica) > 1:
+        out["roc_auc_sd"] = float(np.std([m["roc_auc"] for m in per_replica], ddof=1))
+    out["roc_auc_seeds"] = json.dumps([m["roc_auc"] for m in per_replica])
+    out["confusion"] = json.dumps([m["confusion"] for m in per_replica])
+    return out
+
+
+def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int) -> None:
     """Report metrics with a checkpoint of the full training state (written by rank 0 only)."""
     import ray.train
 
@@ -219,8 +256,9 @@ def _report(metrics: dict, model, optimizer, scheduler, step: int, rank: int) ->
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step}, os.path.join(d, STATE_FILE))
+        torch.save({"replicas": [{"model": _unwrap(r.model).state_dict(), "optimizer": r.optimizer.state_dict(),
+                                  "scheduler": r.scheduler.state_dict()} for r in replicas], "step": step},
+                   os.path.join(d, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
