@@ -23,9 +23,10 @@ from scaling.plan import finetune_points, pretrain_jobs
 from scaling.progress import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATA, EXIT_RESUMABLE = 0, 1, 2, 3, 75
-#: for the Ray processes of a study: Train's controller looks at its workers every 2 s by default, so a job
-#: that has ended is noticed ~1 s late on average, for every job of a sweep
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+#: for the Ray processes of a study. Train's controller looks at its workers every 2 s by default, so a job that
+#: has ended was noticed ~1 s late, for every job of a sweep. Train's preemption watcher (one more actor process
+#: per job) follows Ray's node draining, which Slurm allocations and local clusters do not use.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class StudyStopped(Exception):

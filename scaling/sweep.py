@@ -331,7 +331,7 @@ def run_finetuning(ctx: SweepContext, pending: list[FinetunePoint], ledger, conc
     def describe(config):
         point = FinetunePoint(**{k: config[k] for k in AXES})
         return point.name, {**point.as_dict(), "lr": config["lr"], "weight_decay": config["weight_decay"],
-                            **model_params(cfg, point.model)}
+                            "seeds": list(cfg.sweep.seeds), **model_params(cfg, point.model)}
 
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(cfg, pending, ledger.entries()),
