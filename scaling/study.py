@@ -220,8 +220,8 @@ def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
     from scaling.analysis import describe_fits
 
     if "table" in report:
-        progress.say("tuned test ROC-AUC (mean over seeds, sd between them):\n" + report["table"].to_string(index=False,
-                                                                                          float_format="%.3f"))
+        table = report["table"].to_string(index=False, float_format="%.3f")
+        progress.say(f"tuned test ROC-AUC (mean over seeds, sd between them):\n{table}")
     if summary["fits"]:
         progress.say("fitted laws of test error (1 - AUC) against pre-training images, 95% intervals:\n  "
                      + "\n  ".join(describe_fits(summary["fits"])))
