@@ -34,7 +34,8 @@ def main() -> None:
     from scaling.data.registry import open_dataset
     from scaling.data.shards import Preprocess, prepare_shards
     from scaling.models import LADDERS
-    from scaling.train.job import run_job
+    from scaling.study import TRAIN_ENV
+    from scaling.train.job import run_job, run_local
     from scaling.train.loop import JobSpec
 
     cpus = os.cpu_count() or 2
@@ -49,18 +50,16 @@ def main() -> None:
     spec = JobSpec(kind="scratch", ladder="cpu", model=rung, shards=str(shards.path), train=train[:-128],
                    val=train[-128:], test=(), recipe=recipe, seeds=(0,))
 
-    ray.init(num_cpus=cpus, log_to_driver=False)
+    ray.init(num_cpus=cpus, log_to_driver=False, runtime_env={"env_vars": TRAIN_ENV})  # as a study runs its jobs
     rows = []
     for label, workers in (("plain", 0), ("ray-1", 1), ("ray-2", 2)):
-        if workers == 0:
-            torch.set_num_threads(cpus)
-            resources = ResourcesConfig(num_workers=1, cpus_per_worker=cpus)
-            local = True
-        else:
-            resources = ResourcesConfig(num_workers=workers, cpus_per_worker=cpus / workers)
-            local = False
         started = time.time()
-        result = _fit(run_job, spec, resources, f"{label}", work, local)
+        if workers == 0:  # the plain-PyTorch baseline
+            torch.set_num_threads(cpus)
+            result = run_local(spec, name=label, storage_path=work)
+        else:
+            result = run_job(spec, name=label, storage_path=work,
+                             resources=ResourcesConfig(num_workers=workers, cpus_per_worker=cpus / workers))
         ended = time.time()
         m = result.metrics
         throughput = args.steps * args.batch_size / m["train_seconds"]
@@ -72,19 +71,6 @@ def main() -> None:
     print(f"{'job':<7} {'img/s':>9} {'ratio':>7} {'fit->1st step s':>16} {'teardown s':>11} {'wall s':>8}")
     for label, tp, start, teardown, wall in rows:
         print(f"{label:<7} {tp:>9.1f} {tp / base:>7.2f} {start:>16.1f} {teardown:>11.1f} {wall:>8.1f}")
-
-
-def _fit(run_job, spec, resources, name, storage, local):
-    if not local:
-        return run_job(spec, name=name, storage_path=storage, resources=resources)
-    # Train's local mode: num_workers=0 runs the loop in this process, the plain-PyTorch baseline
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from scaling.train.job import _worker
-
-    return TorchTrainer(_worker, train_loop_config={"spec": spec}, scaling_config=ScalingConfig(num_workers=0),
-                        run_config=RunConfig(name=name, storage_path=storage)).fit()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from scaling.config import ResourcesConfig, Recipe
 from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
-from scaling.train.job import export_weights, run_job
+from scaling.train.job import export_weights, run_job, run_local
 from scaling.train.loop import JobSpec
 
 pytestmark = pytest.mark.slow
@@ -76,21 +76,11 @@ def test_two_workers_pretrain_then_finetune(ray_cluster, shards, tmp_path):
     assert fine.return_value["test_roc_auc"] == pytest.approx(fine.metrics["test_roc_auc"])
 
 
-def _local(spec, tmp_path, name):
-    """The loop in this process (Train's local mode): fast, for what does not need Ray's workers."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from scaling.train.job import _worker
-
-    return TorchTrainer(_worker, train_loop_config={"spec": spec}, scaling_config=ScalingConfig(num_workers=0),
-                        run_config=RunConfig(name=name, storage_path=str(tmp_path))).fit().return_value
-
-
 def test_seeds_of_one_job_train_as_their_own_jobs_would(shards, tmp_path):
     _, target = shards
-    alone = [_local(_spec(target, "scratch", 6, seeds=(s,)), tmp_path, f"s{s}") for s in (3, 4)]
-    together = _local(_spec(target, "scratch", 6, seeds=(3, 4)), tmp_path, "both")
+    alone = [run_local(_spec(target, "scratch", 6, seeds=(s,)), name=f"s{s}", storage_path=tmp_path).return_value
+             for s in (3, 4)]
+    together = run_local(_spec(target, "scratch", 6, seeds=(3, 4)), name="both", storage_path=tmp_path).return_value
     assert alone[0]["val_nll"] != alone[1]["val_nll"]  # the seeds differ
     for key in ("val_roc_auc", "val_nll", "test_roc_auc", "train_loss"):
         assert together[key] == pytest.approx((alone[0][key] + alone[1][key]) / 2, rel=1e-5)

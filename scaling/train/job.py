@@ -44,6 +44,16 @@ def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, ca
     return trainer.fit()
 
 
+def run_local(spec: JobSpec, *, name: str, storage_path: str | Path):
+    """The same loop in this process: Train's local mode (no worker processes, DDP, persistence or fault
+    tolerance). The plain baseline of benchmarks and a fast path for tests of the loop itself."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(_worker, train_loop_config={"spec": spec}, scaling_config=ScalingConfig(num_workers=0),
+                        run_config=RunConfig(name=name, storage_path=str(storage_path))).fit()
+
+
 def export_weights(result, dest: str | Path) -> None:
     """Write the final model weights of a finished job (its first seed's) as a plain state-dict file: the
     checkpoint-store artefact that later jobs start from (`JobSpec.init`)."""
