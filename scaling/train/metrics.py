@@ -123,7 +123,8 @@ def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, tp / n_pos]) * precision))
 
 
-def _ece(confidence: np.ndarray, outcome: np.ndarray) -> float:
+def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> float:
+    """ECE with `ECE_BINS` equal-width bins of `confidence` against the 0/1 `outcome` (Guo et al. 2017)."""
     bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1)[1:-1], confidence)
     gaps = np.bincount(bins, confidence, ECE_BINS) - np.bincount(bins, outcome, ECE_BINS)
     return float(np.abs(gaps).sum() / len(confidence))
@@ -152,13 +153,13 @@ def evaluate(task_kind: TaskKind, y_true, probs, threshold: float = 0.5) -> dict
         accuracy = np.trace(cm) / cm.sum()
         balanced = _nanmean(sensitivity)
         nll = -np.log(np.clip(p[np.arange(len(y)), y.astype(np.int64)], NLL_EPS, 1)).mean()
-        ece = _ece(p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64))
+        ece = expected_calibration_error(p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64))
     else:
         accuracy = (tp + tn).sum() / cm.sum()
         balanced = _nanmean([_nanmean(pair) for pair in zip(sensitivity, specificity)])
         yl, pl = y[labelled], np.clip(p[labelled], NLL_EPS, 1 - NLL_EPS)
         nll = -(yl * np.log(pl) + (1 - yl) * np.log(1 - pl)).mean()
-        ece = _ece(p[labelled], y[labelled])
+        ece = expected_calibration_error(p[labelled], y[labelled])
     return {
         "accuracy": float(accuracy),
         "balanced_accuracy": balanced,
