@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 STATE_FILE = "state.pt"
+#: per-image test probabilities of every seed, written beside STATE_FILE at the final evaluation (see _trust)
+PREDICTIONS_FILE = "predictions.npz"
 #: BiT trains on random 480 crops of 512 images: the same ratio at every resolution
 CROP_FRACTION = 480 / 512
 
@@ -116,18 +118,21 @@ def train_loop(spec: JobSpec) -> dict:
 
     def evaluate_and_report() -> dict:
         started = time.perf_counter()
+        val = [_outputs(r.model, val_set, device, autocast, world) for r in replicas]
         metrics = {"step": step, "train_loss": float(np.mean([float(r.loss) for r in replicas])),
                    "lr": replicas[0].scheduler.get_last_lr()[0],
-                   **_prefixed("val", _replica_mean([_evaluate(r.model, val_set, task.kind, device, autocast, world)
-                                                     for r in replicas]))}
+                   **_prefixed("val", _replica_mean([_evaluate(task.kind, *o) for o in val]))}
+        predictions = None
         if step == recipe.steps and test_set is not None:
-            metrics.update(_prefixed("test", _replica_mean(
-                [_evaluate(r.model, test_set, task.kind, device, autocast, world) for r in replicas])))
+            test = [_outputs(r.model, test_set, device, autocast, world) for r in replicas]
+            metrics.update(_prefixed("test", _replica_mean([_evaluate(task.kind, *o) for o in test])))
+            trust, predictions = _trust(task.kind, val, test, spec)
+            metrics.update(_prefixed("test", trust))
         clock["eval_seconds"] += time.perf_counter() - started
         if on_gpu:
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         metrics.update(spec.tags, **clock, reported_at=time.time())
-        _report(metrics, replicas, step, rank)
+        _report(metrics, replicas, step, rank, predictions)
         for r in replicas:
             r.model.train()
         return metrics
@@ -216,24 +221,62 @@ def _probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _evaluate(model, dataset, kind: str, device, autocast, world: int, batch_size: int = 256) -> dict:
-    """Metrics over a split: each rank scores its partition, then every rank computes them on the union."""
-    from scaling.train.metrics import confusion_matrix, evaluate
-
+def _outputs(model, dataset, device, autocast, world: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 logits and targets over a split, in the split's order: each rank scores its contiguous partition,
+    then every rank holds the union."""
     model.eval()
-    probs, labels = [], []
+    logits, labels = [], []
     for images, targets in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
         images = _prepare(images, device, train=False, rng=None, on_gpu=device.type == "cuda")
         with autocast:
-            probs.append(_probabilities(kind, model(images)).cpu().numpy())
+            logits.append(model(images).float().cpu().numpy())
         labels.append(targets.numpy())
-    part = (probs, labels)
+    part = (logits, labels)
     if world > 1 and torch.distributed.is_initialized():
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, part)
-        part = ([p for g in gathered for p in g[0]], [y for g in gathered for y in g[1]])
-    y, probs = np.concatenate(part[1]), np.concatenate(part[0])
+        part = ([z for g in gathered for z in g[0]], [y for g in gathered for y in g[1]])
+    return np.concatenate(part[0]), np.concatenate(part[1])
+
+
+def _evaluate(kind: str, logits: np.ndarray, y: np.ndarray) -> dict:
+    from scaling.train.metrics import confusion_matrix, evaluate
+
+    probs = _probabilities(kind, torch.from_numpy(logits)).numpy()
     return {**evaluate(kind, y, probs), "confusion": confusion_matrix(kind, y, probs).tolist()}
+
+
+def _trust(kind: str, val: list[tuple], test: list[tuple], spec: JobSpec) -> tuple[dict, dict | None]:
+    """Calibration (per seed, then their mean; `temperature_at_bound` counts seeds) and the seeds as an ensemble,
+    from the final evaluation's logits; with the per-image test probabilities of every seed (PREDICTIONS_FILE).
+    Binary and multiclass tasks (the fine-tuning targets); none for multilabel."""
+    if kind not in ("binary", "multiclass"):
+        return {}, None
+    from scaling import calibration, uncertainty
+    from scaling.train.metrics import METRICS
+
+    started = time.perf_counter()
+    per_seed, diagrams = [], []
+    for (val_logits, val_y), (test_logits, test_y) in zip(val, test, strict=True):
+        scalars, _, diagram = calibration.calibrate(kind, _squeezed(kind, val_logits), val_y,
+                                                    _squeezed(kind, test_logits), test_y)
+        per_seed.append({k: v for k, v in scalars.items() if k not in METRICS})  # those the plain metrics have
+        diagrams.append(diagram)
+    out = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
+    out["temperature_at_bound"] = int(sum(m["temperature_at_bound"] for m in per_seed))
+    labels = test[0][1]
+    probs = np.stack([calibration.probabilities(kind, _squeezed(kind, z)) for z, _ in test]).astype(np.float32)
+    out.update(uncertainty.ensemble(kind, labels, probs))
+    if kind == "binary":
+        out["roc_auc_low"], out["roc_auc_high"] = uncertainty.auc_interval(labels, probs)
+    out["reliability"] = json.dumps({stage: {k: np.sum([d[stage][k] for d in diagrams], axis=0).tolist()
+                                             for k in diagrams[0][stage]} for stage in diagrams[0]})
+    out["trust_seconds"] = time.perf_counter() - started
+    return out, {"probs": probs, "labels": labels, "index": np.asarray(spec.test), "seeds": np.asarray(spec.seeds)}
+
+
+def _squeezed(kind: str, logits: np.ndarray) -> np.ndarray:
+    return logits[:, 0] if kind == "binary" else logits
 
 
 def _replica_mean(per_replica: list[dict]) -> dict:
@@ -247,8 +290,9 @@ def _replica_mean(per_replica: list[dict]) -> dict:
     return out
 
 
-def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int) -> None:
-    """Report metrics with a checkpoint of the full training state (written by rank 0 only)."""
+def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int, predictions: dict | None = None) -> None:
+    """Report metrics with a checkpoint of the full training state (written by rank 0 only), and at the final
+    evaluation the test predictions beside it."""
     import ray.train
 
     metrics = {k: v for k, v in metrics.items() if _is_scalar(v)}
@@ -259,6 +303,8 @@ def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int) -> No
         torch.save({"replicas": [{"model": _unwrap(r.model).state_dict(), "optimizer": r.optimizer.state_dict(),
                                   "scheduler": r.scheduler.state_dict()} for r in replicas], "step": step},
                    os.path.join(d, STATE_FILE))
+        if predictions is not None:
+            np.savez(os.path.join(d, PREDICTIONS_FILE), **predictions)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
