@@ -9,6 +9,7 @@ Every image is its own patient.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -28,6 +29,8 @@ _SPLIT_IDS = {"train": 0, "test": 1}
 # pixels rendered per array pass: small enough that the float temporaries stay in the CPU cache (16 images at
 # 64 px ran 1.3-3x faster than 64 or 256 at once), large enough to amortise the per-call overhead
 _MAX_PIXELS_PER_CHUNK = 1 << 16
+#: a lesion mask holds the pixels the lesion changes by at least this share of its largest change in the image
+LESION_LEVEL = 0.25
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -145,15 +148,35 @@ class _Chest(_Synthetic):
     def _plan(self, split: str, j: int) -> list[tuple]:
         """[(finding, argument), ...] from the image's plan stream; cheap, so records() can afford it."""
 
+    def _lesions(self, split: str, j: int) -> int:
+        """How many leading items of the image's plan are its label-defining lesion (none by default)."""
+        return 0
+
+    def _params(self, split: str, j: int, without_lesion: bool = False) -> xray.ChestParams:
+        p = xray.sample_anatomy(self._rng(split, j, _ANATOMY), self.image_size)
+        draw = self._rng(split, j, _DRAW)
+        left_out = self._lesions(split, j) if without_lesion else 0
+        for k, (finding, arg) in enumerate(self._plan(split, j)):
+            # a finding left out is drawn into a copy, so that the later ones take the same random numbers
+            _DRAWERS[finding](copy.deepcopy(p) if k < left_out else p, draw, arg)
+        return p
+
     def _render(self, items: list[tuple[str, int]]) -> np.ndarray:
-        params = []
-        for s, j in items:
-            p = xray.sample_anatomy(self._rng(s, j, _ANATOMY), self.image_size)
-            draw = self._rng(s, j, _DRAW)
-            for finding, arg in self._plan(s, j):
-                _DRAWERS[finding](p, draw, arg)
-            params.append(p)
-        return xray.render(params, self.image_size)
+        return xray.render([self._params(s, j) for s, j in items], self.image_size)
+
+    def lesion_masks(self, keys: Sequence[int]) -> np.ndarray:
+        """Where each image's label-defining lesion lies, (B, H, W) bool at `image_size`: the pixels whose grey
+        level the lesion changes by at least LESION_LEVEL of its largest change in that image (the image drawn
+        with and without it: same patient, exposure, noise and other findings). All False without a lesion
+        (negatives, and every image of a dataset whose labels are not lesions)."""
+        items = [self._locate(int(i)) for i in keys]
+        if not items:
+            return np.zeros((0, self.image_size, self.image_size), bool)
+        change = np.abs(xray.render([self._params(s, j) for s, j in items], self.image_size, quantise=False)
+                        - xray.render([self._params(s, j, without_lesion=True) for s, j in items], self.image_size,
+                                      quantise=False))
+        peak = change.max(axis=(1, 2), keepdims=True)
+        return (change >= LESION_LEVEL * peak) & (peak > 0)
 
 
 def _side(rng: np.random.Generator) -> int:
@@ -254,6 +277,10 @@ class _BinaryTarget(_Chest):
         frac = self.positive_fraction if split == "train" else 0.5
         phase = self._phase[split]
         return int(math.floor((j + 1) * frac + phase) > math.floor(j * frac + phase))
+
+    def _lesions(self, split: str, j: int) -> int:
+        # a positive's plan opens with its positive pattern, the first draw from the plan stream (see _plan)
+        return len(self._positive_plan(self._rng(split, j, _PLAN))) if self._label(split, j) else 0
 
     @abc.abstractmethod
     def _positive_plan(self, rng: np.random.Generator) -> list[tuple]: ...

@@ -312,8 +312,8 @@ def _add_lesions(d: np.ndarray, rows: list[list[tuple]], x: np.ndarray, y: np.nd
     d[images] += np.add.reduceat(st * field_, first, axis=0)
 
 
-def render(params: list[ChestParams], size: int) -> np.ndarray:
-    """Paint a batch of phantoms: (B, size, size) uint8."""
+def render(params: list[ChestParams], size: int, quantise: bool = True) -> np.ndarray:
+    """Paint a batch of phantoms: (B, size, size) uint8, or float32 grey levels before quantisation."""
     q = _stack(params)
     e = edge_width(size)
     gx, gy = grid(size)
@@ -387,4 +387,4 @@ def render(params: list[ChestParams], size: int) -> np.ndarray:
     # exposure, detector response and noise, in the image frame
     img = q["offset"] + q["contrast"] * d + q["gradient_x"] * gx + q["gradient_y"] * gy
     img = np.clip(img, 0, 1) ** q["gamma"] + q["noise_sigma"] * np.stack(q["pixel_noise"])
-    return to_uint8(img)
+    return to_uint8(img) if quantise else img
