@@ -181,9 +181,11 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
 
     entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
     table = results_table(entries, cfg)
+    table = _trust_stage(cfg, data, study_dir, table, tracker, progress)
     paths = write_table(table, study_dir)
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
     report = analyse(table, study_dir, cfg.seed, progress.say)
+    report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker)
     tracker.log_files(paths + [study_dir / "fits.json"])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
@@ -195,6 +197,31 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
                      "to retry them")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _trust_stage(cfg, data, study_dir: Path, table, tracker, progress: Progress):
+    """The finished trials' test predictions copied out of their jobs (predictions/<trial>.npz), and the saliency
+    of the tuned trial per cell, joined to the results table as saliency_* columns."""
+    from scaling import saliency
+    from scaling.results import best_per_cell
+    from scaling.train.outputs import collect_predictions
+
+    finished = table.loc[table["status"] == "finished", "trial"].tolist() if len(table) else []
+    collect_predictions(study_dir / "jobs", finished, study_dir / "predictions")
+    best = best_per_cell(table)
+    if best.empty:
+        return table
+    return table.join(saliency.run_stage(best, cfg, data, study_dir, tracker, progress.say), on="trial")
+
+
+def _trust_figures(table, study_dir: Path, seed: int, tracker) -> list[str]:
+    """Reliability diagrams and the laws of calibration error and localisation (figures/, trust_fits.json)."""
+    from scaling.trust import FITS_FILE, trust_figures
+
+    figures = trust_figures(table, study_dir, seed)
+    if figures:
+        tracker.log_files([study_dir / FITS_FILE])
+    return [str(p) for p in figures]
 
 
 def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrain: dict, trials: dict) -> dict:
