@@ -177,6 +177,16 @@ class StudyTracker:
             self.client.log_dict(run_id, content, name)
         self.client.set_terminated(run_id, status=status)
 
+    def add_to_job(self, job: str, metrics: dict, paths: list[Path], artifact_path: str, step: int) -> None:
+        """Metrics and files added to job `job`'s run after it ended (the saliency stage), leaving its status."""
+        query = f"tags.`{STUDY_TAG}` = '{self.study}' and tags.`{JOB_TAG}` = '{job}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        if not runs:
+            return
+        self.log_metrics(runs[0].info.run_id, metrics, step)
+        for path in paths:
+            self.client.log_artifact(runs[0].info.run_id, str(path), artifact_path)
+
     def log_files(self, paths: list[Path], artifact_path: str | None = None) -> None:
         for path in paths:
             self.client.log_artifact(self.parent_id, str(path), artifact_path)
