@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -15,6 +16,7 @@ from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
 from scaling.train.job import export_weights, run_job, run_local
 from scaling.train.loop import JobSpec
+from scaling.train.outputs import final_predictions, final_state
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +76,19 @@ def test_two_workers_pretrain_then_finetune(ray_cluster, shards, tmp_path):
     assert len(json.loads(fine.return_value["test_confusion"])) == 2  # one matrix per seed
     # rank 0's return value holds the same final metrics
     assert fine.return_value["test_roc_auc"] == pytest.approx(fine.metrics["test_roc_auc"])
+    # calibration and the seeds as an ensemble, from the final logits; the predictions beside the final state
+    trust = ("test_ece_calibrated", "test_ece_debiased", "test_brier_calibrated", "test_nll_calibrated",
+             "test_temperature", "test_temperature_at_bound", "test_ensemble_roc_auc", "test_mutual_information",
+             "test_aurc", "test_auroc_at_80", "test_roc_auc_low", "test_roc_auc_high", "test_trust_seconds")
+    assert set(trust) <= set(fine.metrics)
+    assert fine.metrics["test_roc_auc_low"] <= fine.metrics["test_roc_auc"] <= fine.metrics["test_roc_auc_high"]
+    assert set(json.loads(fine.metrics["test_reliability"])) == {"raw", "calibrated"}
+    with np.load(final_predictions(tmp_path, "fine")) as saved:
+        test = _indices(target, "test")
+        assert saved["probs"].shape == (2, len(test)) and list(saved["index"]) == list(test)  # both ranks, in order
+        np.testing.assert_array_equal(saved["labels"], target.records.loc[list(test), "y"].to_numpy())
+        assert list(saved["seeds"]) == [0, 1]
+    assert len(final_state(tmp_path, "fine")["replicas"]) == 2
 
 
 def test_seeds_of_one_job_train_as_their_own_jobs_would(shards, tmp_path):
