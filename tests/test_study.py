@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -91,6 +92,14 @@ def test_smoke_study_end_to_end(tmp_path):
     figures = list((out / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert "MLflow" in result.stdout
+
+    # trust outputs: calibration columns, per-trial predictions, saliency of the tuned trials, reliability diagrams
+    assert table["test_ece_calibrated"].notna().all() and table["saliency_pointing"].between(0, 1).all()
+    for trial in table["trial"]:
+        with np.load(out / "predictions" / f"{trial}.npz") as saved:
+            assert saved["probs"].shape == (2, len(saved["labels"]))
+        assert len(list((out / "saliency" / trial).glob("*_gradcam.png"))) == 8
+    assert list((out / "figures").glob("reliability_*.png"))
 
 
 def _start(args: list[str], cache: Path) -> subprocess.Popen:
