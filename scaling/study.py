@@ -185,7 +185,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     paths = write_table(table, study_dir)
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
     report = analyse(table, study_dir, cfg.seed, progress.say)
-    report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker)
+    report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker, progress)
     tracker.log_files(paths + [study_dir / "fits.json"])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
@@ -214,13 +214,16 @@ def _trust_stage(cfg, data, study_dir: Path, table, tracker, progress: Progress)
     return table.join(saliency.run_stage(best, cfg, data, study_dir, tracker, progress.say), on="trial")
 
 
-def _trust_figures(table, study_dir: Path, seed: int, tracker) -> list[str]:
+def _trust_figures(table, study_dir: Path, seed: int, tracker, progress: Progress) -> list[str]:
     """Reliability diagrams and the laws of calibration error and localisation (figures/, trust_fits.json)."""
-    from scaling.trust import FITS_FILE, trust_figures
+    from scaling.trust import FITS_FILE, trust_figures, trust_table
 
     figures = trust_figures(table, study_dir, seed)
     if figures:
         tracker.log_files([study_dir / FITS_FILE])
+        progress.say("trust of the tuned models on test (ECE before / after temperature T; seed-mean AUC against "
+                     "the seeds' ensemble; pointing game against the lesion-area baseline):\n"
+                     + trust_table(table).to_string(index=False, float_format="%.3f"))
     return [str(p) for p in figures]
 
 

@@ -86,6 +86,17 @@ def trust_figures(table: pd.DataFrame, study_dir: str | Path, seed: int = 0, n_b
     return paths
 
 
+def trust_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per tuned trial: calibration before and after temperature scaling, the seeds' mean AUC against their
+    ensemble's, and the pointing game against its baseline (the columns a study has)."""
+    best = best_per_cell(table) if len(table) else table
+    columns = {"test_ece": "ece", "test_ece_calibrated": "ece_T", "test_temperature": "T",
+               "test_roc_auc": "auc_mean", "test_ensemble_roc_auc": "auc_ensemble", "saliency_pointing": "pointing",
+               "saliency_baseline": "baseline"}
+    present = [c for c in columns if c in best]
+    return best[[*GROUP, "source", "pretrain_size", *present]].rename(columns=columns)
+
+
 def _entry(cell: dict, source: str, column: str, what: str, points: pd.DataFrame, law) -> dict:
     entry = {**{k: _plain(v) for k, v in cell.items()}, "source": source, "column": column, "quantity": what,
              "sizes": sorted(map(int, points.loc[points["source"] == source, "pretrain_size"]))}

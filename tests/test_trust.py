@@ -9,7 +9,7 @@ import pandas as pd
 from scipy.special import expit
 
 from scaling import calibration
-from scaling.trust import FITS_FILE, trust_figures
+from scaling.trust import FITS_FILE, trust_figures, trust_table
 
 
 def _table() -> pd.DataFrame:
@@ -41,6 +41,8 @@ def test_trust_figures_and_fits(tmp_path):
     assert len(ece) == 1 and ece[0]["sizes"] == [64, 512, 4096]
     assert ece[0]["params"]["alpha"] > 0  # calibration error falls with pre-training data, as constructed
     assert {f["source"] for f in fits} == {"natural", "medical"}  # scratch has no pre-training axis
+    summary = trust_table(table)
+    assert len(summary) == 7 and (summary["ece_T"] < summary["ece"]).all()
 
 
 def test_no_calibration_columns_no_figures(tmp_path):
