@@ -27,7 +27,8 @@ def check_allocation(resources, sweep, alloc: Allocation) -> list[str]:
     node. With GPUs, the workers of all `sweep.max_concurrent_trials` trials must fit at once (the GPUs are
     what the allocation is for); CPUs must fit one trial's workers, and only a warning says when fewer trials
     than asked can run at once."""
-    workers = resources.num_workers * sweep.max_concurrent_trials
+    # num_workers 0: each job trains in its Tune trial, which holds one worker's share
+    workers = max(1, resources.num_workers) * sweep.max_concurrent_trials
     at_once = (f"resources.num_workers ({resources.num_workers}) x sweep.max_concurrent_trials "
                f"({sweep.max_concurrent_trials}) = {workers} Train workers at once")
     warnings = []

@@ -108,6 +108,9 @@ class SweepConfig:
     #: Optuna hyper-parameter samples per cell of the scaling grid
     trials_per_cell: int = _opt(1, min=1)
     max_concurrent_trials: int = _opt(1, min=1)
+    #: from-scratch training also on nested, stratified subsets of the target's training split of these sizes
+    #: (images), besides the full split: the curve that effective data transferred is read from; [] = none
+    scratch_target_sizes: list[int] = field(default_factory=list, metadata={"min": 1, "empty": True})
     #: ASHA: trials are compared at these evaluation points and the worse stopped
     asha_grace_evals: int = _opt(1, min=1)
     asha_reduction_factor: int = _opt(3, min=2)
@@ -115,7 +118,10 @@ class SweepConfig:
 
 @dataclass
 class ResourcesConfig:
-    num_workers: int = _opt(1, min=1)
+    #: Ray Train workers per job (DDP, restarts after a lost worker: the path for clusters); 0 = train in the
+    #: Tune trial's own process (Train's local mode: no worker processes to start; the job still checkpoints
+    #: to its folder and resumes from it), the trial holding cpus_per_worker (and gpus_per_worker) itself
+    num_workers: int = _opt(1, min=0, help="Train workers per job; 0 = train in the Tune trial's process")
     use_gpu: bool = False
     cpus_per_worker: float = _opt(1.0, min_exclusive=0)
     #: GPUs per Train worker when use_gpu is true
@@ -231,7 +237,7 @@ def _coerce(tp, value, key: str, limits) -> Any:
             raise ConfigError(f"{key}: got {value!r}; expected a list of {_describe(args[0])}")
         if "len" in limits and len(value) != limits["len"]:
             raise ConfigError(f"{key}: got {value!r}; expected a list of {limits['len']} values")
-        if not value:
+        if not value and not limits.get("empty"):
             raise ConfigError(f"{key}: got an empty list; expected at least one {_describe(args[0])}")
         return [_coerce(args[0], v, f"{key}[{i}]", limits) for i, v in enumerate(value)]
     if origin is dict:
@@ -309,6 +315,9 @@ def validate(cfg: StudyConfig) -> None:
                     f"data.source_sizes[{i}]: got {n}; expected at most {size}, the size of data.sources.{role} "
                     f"(data.sources.{role}.options.size)"
                 )
+    if cfg.sweep.scratch_target_sizes and "scratch" not in cfg.sweep.sources:
+        raise ConfigError(f"sweep.scratch_target_sizes: got {cfg.sweep.scratch_target_sizes}; they add from-scratch "
+                          "points, but sweep.sources has no 'scratch'")
     _validate_models(cfg.models)
     for name in ("lr_range", "weight_decay_range"):
         low, high = getattr(cfg.finetune, name)
@@ -365,7 +374,8 @@ def override_help(cls=StudyConfig, path: str = "") -> list[str]:
             default = f" (default {f.default_factory()!r})"
         else:
             default = " (required)"
-        lines.append(f"  {key:<36} {_describe(tp)}{default}")
+        note = f"; {f.metadata['help']}" if "help" in f.metadata else ""
+        lines.append(f"  {key:<36} {_describe(tp)}{default}{note}")
     return lines
 
 

@@ -12,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+#: statuses of trials that are not run again
+ENDED = ("finished", "stopped")
+
 
 class Ledger:
     def __init__(self, directory: str | Path):

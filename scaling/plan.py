@@ -42,15 +42,19 @@ class FinetunePoint:
     budget: int
     shots: int
     sample: int
+    #: images of the target's training split trained on (a nested stratified subset); 0 = the whole split
+    target_subset: int = 0
 
     @property
     def name(self) -> str:
-        return f"ft-{self.model}-{self.source}-{self.pretrain_size}-b{self.budget}-k{self.shots}-t{self.sample}"
+        subset = f"-n{self.target_subset}" if self.target_subset else ""  # names of full-split points unchanged
+        return (f"ft-{self.model}-{self.source}-{self.pretrain_size}-b{self.budget}-k{self.shots}{subset}"
+                f"-t{self.sample}")
 
     @property
     def cell(self) -> tuple:
         """The point without its hyper-parameter sample: trials of one cell compete (ASHA, best-of)."""
-        return (self.model, self.source, self.pretrain_size, self.budget, self.shots)
+        return (self.model, self.source, self.pretrain_size, self.budget, self.shots, self.target_subset)
 
     def pretrain(self, seed: int) -> PretrainJob | None:
         """The pre-training job this point starts from (pre-training is seeded by the study seed)."""
@@ -64,14 +68,18 @@ class FinetunePoint:
 
 def finetune_points(cfg) -> list[FinetunePoint]:
     """Every point of model x source x pre-training size x budget x shots x sample; from-scratch points have
-    pre-training size 0."""
+    pre-training size 0, and on the full target split (shots 0) come also at each of
+    `sweep.scratch_target_sizes`."""
     points = []
     for model, source, budget, shots, sample in itertools.product(
             cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots,
             range(cfg.sweep.trials_per_cell)):
         sizes = [0] if source == SCRATCH else cfg.data.source_sizes
         points += [FinetunePoint(model, source, size, budget, shots, sample) for size in sizes]
-    return sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots))
+        if source == SCRATCH and shots == 0:
+            points += [FinetunePoint(model, source, 0, budget, 0, sample, n) for n in cfg.sweep.scratch_target_sizes]
+    return sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
+                                              p.target_subset))
 
 
 def pretrain_jobs(cfg) -> list[list[PretrainJob]]:

@@ -1,4 +1,5 @@
 """The results table of a study: one row per fine-tuning trial, every axis, metric, compute and status.
+`target_size` is the number of target training images a trial used (the whole split, its shots or a subset).
 
 Built from the trial ledger, written as Parquet (the input of the fits and the dashboard) and CSV.
 """
@@ -20,7 +21,8 @@ def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
         metrics = entry.get("metrics", {})
         row = {"trial": name, "status": entry["status"]}
         row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "sample",
-                                            "lr", "weight_decay", "params", "flops_per_image")})
+                                            "target_subset", "target_size", "lr", "weight_decay", "params",
+                                            "flops_per_image")})
         row.update({k: v for k, v in metrics.items() if not k.endswith("_confusion")})
         per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * cfg.finetune.recipe.batch_size
         row["finetune_flops"] = per_step * metrics.get("step", 0)
@@ -39,7 +41,7 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done
-    cell = ["model", "source", "pretrain_size", "budget", "shots"]
+    cell = ["model", "source", "pretrain_size", "budget", "shots", "target_subset"]
     best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
     return best.sort_values(cell).reset_index(drop=True)
 

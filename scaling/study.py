@@ -83,6 +83,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     import optuna
 
     from scaling.data.stage import prepare_study_data
+    from scaling.jobs import check_target_sizes
 
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -93,6 +94,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     progress = Progress()
     progress.say(f"study {cfg.name!r} in {study_dir}")
     data = prepare_study_data(cfg, log=progress.say)
+    check_target_sizes(cfg, data)
     stops.check()
 
     from scaling import tracking
@@ -147,21 +149,23 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
 
     from scaling import sweep
     from scaling.analysis import analyse
+    from scaling.jobs import StudyJobs
+    from scaling.ledger import ENDED
     from scaling.results import results_table, write_table
-    from scaling.train.store import CheckpointStore, key_for
+    from scaling.search import METRIC
+    from scaling.train.store import CheckpointStore
 
-    ctx = sweep.SweepContext(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"),
-                             jobs_dir=str(study_dir / "jobs"))
+    jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"), jobs_dir=str(study_dir / "jobs"))
     concurrent = sweep.concurrency(cfg, ray.cluster_resources())
-    store = CheckpointStore(ctx.store_dir)
+    store = CheckpointStore(jobs.store_dir)
 
     pretrain_ledger = Ledger(study_dir / "pretrain")
     for wave in pretrain_jobs(cfg):
-        todo = [j for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
+        todo = [j for j in wave if not store.exists(jobs.pretrain_key(j))]
         progress.stage("pretrain", len(todo), concurrent)
         if todo:
-            sweep.run_pretraining(ctx, todo, concurrent, tracker, progress, pretrain_ledger)
-        missing = [j.name for j in wave if not store.exists(key_for(**ctx.pretrain_parts(j)))]
+            sweep.run_pretraining(jobs, todo, concurrent, tracker, progress, pretrain_ledger)
+        missing = [j.name for j in wave if not store.exists(jobs.pretrain_key(j))]
         failed = [name for name in missing if pretrain_ledger.get(name).get("status") == "failed"]
         stops.check(interrupted=len(failed) < len(missing))
         if failed:
@@ -171,13 +175,13 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
 
     ledger = Ledger(study_dir / "trials")
     points = finetune_points(cfg)
-    ended = {name for name, e in ledger.entries().items() if e["status"] in sweep.ENDED}
+    ended = {name for name, e in ledger.entries().items() if e["status"] in ENDED}
     pending = [p for p in points if p.name not in ended]
-    progress.stage("finetune", len(pending), concurrent, rank_by=sweep.METRIC)
+    progress.stage("finetune", len(pending), concurrent, rank_by=METRIC)
     if pending:
         attempt = len(list((study_dir / "tune").glob("finetune-*"))) if (study_dir / "tune").exists() else 0
-        sweep.run_finetuning(ctx, pending, ledger, concurrent, tracker, progress, attempt)
-    stops.check(interrupted=any(ledger.get(p.name).get("status") not in (*sweep.ENDED, "failed") for p in pending))
+        sweep.run_finetuning(jobs, pending, ledger, concurrent, tracker, progress, attempt, study_dir / "optuna.db")
+    stops.check(interrupted=any(ledger.get(p.name).get("status") not in (*ENDED, "failed") for p in pending))
 
     entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
     table = results_table(entries, cfg)
@@ -188,7 +192,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker, progress)
     tracker.log_files(paths + [study_dir / "fits.json"])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
-    unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
+    unfinished = len(points) - sum(e["status"] in ENDED for e in entries.values())
     summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _print_summary(summary, report, progress)

@@ -33,7 +33,7 @@ def test_shipped_configs_load(name):
 def test_typed_values_and_defaults():
     cfg = load_config(SMOKE)
     assert cfg.data.resolution == 32 and cfg.finetune.recipe.balanced_sampling is True
-    assert cfg.resources.num_workers == 1 and cfg.tracking.uri == ""
+    assert cfg.resources.num_workers == 0 and cfg.resources.max_failures == 1 and cfg.tracking.uri == ""
     assert cfg.study_dir == Path("runs/smoke")
 
 

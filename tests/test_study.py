@@ -70,7 +70,10 @@ def test_real_study_configs_validate_and_name_their_missing_roots(name):
 @pytest.mark.slow
 def test_smoke_study_end_to_end(tmp_path):
     out = tmp_path / "smoke"
-    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), cache=tmp_path / "cache")
+    # the cluster path (a TorchTrainer with a Train worker per job); the resume test below runs the default's
+    # path (each job in its Tune trial's process)
+    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "resources.num_workers=1",
+                   cache=tmp_path / "cache")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_parquet(out / "results.parquet")
@@ -156,6 +159,18 @@ def test_a_stopped_then_killed_driver_resumes_without_rerunning_or_duplicating(t
     assert len(table) == 6 and (table["status"] == "finished").all()  # 2 sources x 3 budgets, as uninterrupted
     jobs = runs(out / "mlflow.db")["job"].dropna()
     assert not jobs.duplicated().any() and len(jobs) == 7  # 6 fine-tuning runs + 1 pre-training run
+    # jobs trained in their trials' processes (the smoke config's num_workers 0) still report every evaluation
+    with sqlite3.connect(out / "mlflow.db") as con:
+        steps = con.execute("select count(distinct m.step) from metrics m join tags t on t.run_uuid = m.run_uuid "
+                            "where m.key = 'val_roc_auc' and t.key = 'scaling.job' and "
+                            "t.value = 'ft-w8-scratch-0-b40-k0-t0'").fetchone()[0]
+    assert steps == 4  # steps 10, 20, 30, 40
+    # the sweep's Optuna study holds each grid trial once, with the ledger's final value
+    with sqlite3.connect(out / "optuna.db") as con:
+        trials = con.execute("select t.state, v.value from trials t left join trial_values v "
+                             "on v.trial_id = t.trial_id").fetchall()
+    assert sorted(v for _, v in trials) == pytest.approx(sorted(table["val_roc_auc"]))
+    assert {state for state, _ in trials} == {"COMPLETE"}
     assert not _process_group(orphan_server), "the resumed study did not end the orphaned MLflow server"
 
 

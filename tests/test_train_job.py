@@ -1,8 +1,13 @@
 """Training jobs on a real local Ray cluster: 2-worker DDP over gloo, pre-train then fine-tune, and a worker
-process killed for real mid-job."""
+process killed for real mid-job; a job in one process (Train's local mode) killed for real and resumed."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +22,7 @@ from scaling.data.shards import Preprocess, prepare_shards
 from scaling.train.job import export_weights, run_job, run_local
 from scaling.train.loop import JobSpec
 from scaling.train.outputs import final_predictions, final_state
+from scaling.train.session import KEEP
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +142,36 @@ def test_job_survives_a_killed_worker_and_finishes_all_steps(ray_cluster, shards
     assert uninterrupted.metrics["step"] == steps
     # batches and augmentation are functions of (seed, step): the resumed job ends where the clean one does
     assert result.metrics["val_nll"] == pytest.approx(uninterrupted.metrics["val_nll"], rel=1e-4)
+
+
+def test_local_job_killed_for_real_resumes_from_its_own_checkpoint(shards, tmp_path):
+    _, target = shards
+    steps = 40
+    spec = _spec(target, "scratch", steps, eval_every=5)
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(spec))
+    code = ("import pickle, sys; from scaling.train.job import run_local; "
+            "run_local(pickle.load(open(sys.argv[1], 'rb')), name='local', storage_path=sys.argv[2])")
+    job = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "spec.pkl"), str(tmp_path)],
+                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    folder = tmp_path / "local"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(folder.glob("checkpoint_*/manifest.json")) and job.poll() is None:
+        time.sleep(0.1)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    saved = sorted(p.parent.name for p in folder.glob("checkpoint_*/manifest.json"))
+    assert saved and int(saved[-1].split("_")[1]) < steps, "the job ended before it could be killed"
+
+    resumed = run_local(spec, name="local", storage_path=tmp_path)
+    assert resumed.metrics["start_step"] == int(saved[-1].split("_")[1]) > 0
+    assert resumed.metrics["step"] == steps
+    kept = sorted(p.name for p in folder.glob("checkpoint_*"))
+    assert len(kept) == KEEP and kept[-1] == f"checkpoint_{steps:09d}" and not list(folder.glob(".tmp-*"))
+    # the checkpoint a Result hands on (e.g. to export_weights) is the job's persisted last one
+    export_weights(resumed, tmp_path / "weights.pt")
+
+    clean = run_local(spec, name="clean", storage_path=tmp_path)
+    assert clean.metrics["start_step"] == 0
+    assert resumed.metrics["val_nll"] == pytest.approx(clean.metrics["val_nll"], rel=1e-4)
+    again = run_local(spec, name="clean", storage_path=tmp_path)  # a finished job reports its end again
+    assert again.metrics["start_step"] == steps and again.metrics["val_nll"] == pytest.approx(clean.metrics["val_nll"])

@@ -1,6 +1,8 @@
-"""One training job = one Ray Train V2 `TorchTrainer` run (DDP over gloo on CPU, nccl on GPU)."""
+"""One training job = one Ray Train V2 `TorchTrainer` run: on Train workers (DDP over gloo on CPU, nccl on GPU),
+or in the calling process (Train's local mode, for jobs small enough that starting workers would cost more)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -12,21 +14,34 @@ CONTROLLER_FAILURE_LIMIT = 3
 
 
 def _worker(config: dict) -> dict:
+    if "local_dir" in config:
+        from scaling.train.session import LocalSession
+
+        return train_loop(config["spec"], LocalSession(config["local_dir"], tune=config["tune"]))
     return train_loop(config["spec"])
 
 
-def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, callbacks=()):
+def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, tune: bool = False):
     """Fit one job and return Ray Train's `Result` (a job that fails after its retries raises).
 
-    `name` must be stable for the job: constructing the trainer again with the same name and storage
-    resumes from the job's last checkpoint, which is how an interrupted study continues.
-    `resources` is a scaling.config.ResourcesConfig."""
+    `name` must be stable for the job: running it again with the same name and storage resumes from the
+    job's last checkpoint, which is how an interrupted study continues. `tune`: forward every report to the
+    Tune trial this runs in. `resources` is a scaling.config.ResourcesConfig; `num_workers: 0` trains in this
+    process (Train's local mode, see `run_local`), otherwise on that many Train workers."""
+    if resources.num_workers == 0:
+        torch.set_num_threads(max(1, int(resources.cpus_per_worker)))  # what Ray gives a worker of that size
+        return run_local(spec, name=name, storage_path=storage_path, tune=tune)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
+    callbacks = []
+    if tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"spec": spec},
@@ -38,20 +53,29 @@ def run_job(spec: JobSpec, *, name: str, storage_path: str | Path, resources, ca
             failure_config=FailureConfig(max_failures=resources.max_failures,
                                          controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()
 
 
-def run_local(spec: JobSpec, *, name: str, storage_path: str | Path):
-    """The same loop in this process: Train's local mode (no worker processes, DDP, persistence or fault
-    tolerance). The plain baseline of benchmarks and a fast path for tests of the loop itself."""
+def run_local(spec: JobSpec, *, name: str, storage_path: str | Path, tune: bool = False):
+    """The same loop in this process: Train's local mode (no worker processes, no DDP, no fault tolerance).
+    Local mode keeps checkpoints in memory only, so the loop's `LocalSession` writes them to
+    `storage_path/name/` itself and resumes from there: the job restarts where it stopped, like a Train run
+    under the same name. The path of small jobs (each inside its Tune trial) and of tests of the loop."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    return TorchTrainer(_worker, train_loop_config={"spec": spec}, scaling_config=ScalingConfig(num_workers=0),
-                        run_config=RunConfig(name=name, storage_path=str(storage_path))).fit()
+    from scaling.train.session import LocalSession
+
+    folder = Path(storage_path).resolve() / name
+    result = TorchTrainer(_worker, train_loop_config={"spec": spec, "local_dir": str(folder), "tune": tune},
+                          scaling_config=ScalingConfig(num_workers=0),
+                          run_config=RunConfig(name=name, storage_path=str(folder.parent))).fit()
+    # the loop's final metrics and its persisted checkpoint, whether or not its reports went to Tune
+    return dataclasses.replace(result, metrics=result.return_value, path=str(folder),
+                               checkpoint=LocalSession(folder, tune=tune).latest())
 
 
 def export_weights(result, dest: str | Path) -> None:

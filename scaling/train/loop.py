@@ -25,6 +25,9 @@ import torch.nn.functional as F
 STATE_FILE = "state.pt"
 #: per-image test probabilities of every seed, written beside STATE_FILE at the final evaluation (see _trust)
 PREDICTIONS_FILE = "predictions.npz"
+#: version of the state the loop saves and `export_weights` stores; part of every checkpoint-store key, so
+#: bumping it after a change of format makes weights of the old one unreachable instead of misread
+CHECKPOINT_FORMAT = 1
 #: BiT trains on random 480 crops of 512 images: the same ratio at every resolution
 CROP_FRACTION = 480 / 512
 
@@ -63,17 +66,18 @@ class _Replica:
     loss: torch.Tensor | float = float("nan")
 
 
-def train_loop(spec: JobSpec) -> dict:
-    """Train per `spec`, evaluating every `recipe.eval_every` steps; returns the final metrics (rank 0)."""
-    import ray.train
+def train_loop(spec: JobSpec, session=None) -> dict:
+    """Train per `spec`, evaluating every `recipe.eval_every` steps; returns the final metrics (rank 0).
+    `session` (scaling.train.session) is where reports and checkpoints go: Ray Train's unless given."""
     import ray.train.torch
     from scaling.data.shards import ShardDataset, ShardSet
     from scaling.data.subsets import balanced_sampler_weights
     from scaling.train.batches import StepBatches
     from scaling.train.optim import make_optimizer, make_scheduler
+    from scaling.train.session import TrainSession
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    session = session or TrainSession()
+    rank, world = session.rank_and_world()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     recipe = spec.recipe
@@ -86,12 +90,12 @@ def train_loop(spec: JobSpec) -> dict:
         model = _build_model(spec, task.num_outputs, shards.preprocess.resolution)
         if on_gpu:
             model = model.to(memory_format=torch.channels_last)
-        model = ray.train.torch.prepare_model(model)
+        model = session.prepare_model(model, device)
         optimizer = make_optimizer(model, recipe)
         replicas.append(_Replica(seed, model, optimizer, make_scheduler(optimizer, recipe)))
 
     start = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
@@ -131,8 +135,8 @@ def train_loop(spec: JobSpec) -> dict:
         clock["eval_seconds"] += time.perf_counter() - started
         if on_gpu:
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        metrics.update(spec.tags, **clock, reported_at=time.time())
-        _report(metrics, replicas, step, rank, predictions)
+        metrics.update(spec.tags, **clock, start_step=start, reported_at=time.time())
+        _report(session, metrics, replicas, step, rank, predictions)
         for r in replicas:
             r.model.train()
         return metrics
@@ -290,14 +294,13 @@ def _replica_mean(per_replica: list[dict]) -> dict:
     return out
 
 
-def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int, predictions: dict | None = None) -> None:
+def _report(session, metrics: dict, replicas: list[_Replica], step: int, rank: int,
+            predictions: dict | None = None) -> None:
     """Report metrics with a checkpoint of the full training state (written by rank 0 only), and at the final
     evaluation the test predictions beside it."""
-    import ray.train
-
     metrics = {k: v for k, v in metrics.items() if _is_scalar(v)}
     if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"replicas": [{"model": _unwrap(r.model).state_dict(), "optimizer": r.optimizer.state_dict(),
@@ -305,7 +308,7 @@ def _report(metrics: dict, replicas: list[_Replica], step: int, rank: int, predi
                    os.path.join(d, STATE_FILE))
         if predictions is not None:
             np.savez(os.path.join(d, PREDICTIONS_FILE), **predictions)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        session.report(metrics, d)
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:

@@ -7,8 +7,9 @@ Contract (what saliency, the predictions copy and the paired bootstrap rely on):
     labels (n_test,), index (n_test,) test shard rows in JobSpec.test order, seeds), present once the job ran its
     final evaluation;
   - `collect_predictions(jobs_dir, names, dest)` copies them to `dest/<name>.npz`.
-Layout read: Ray Train V2 keeps a run's checkpoints as `<storage_path>/<name>/checkpoint_<timestamp>` (the
-timestamp sorts as text; `run_job` gives each job a stable name under the study's jobs/ folder), the newest last.
+Layout read: Ray Train V2 keeps a run's checkpoints as `<storage_path>/<name>/checkpoint_<timestamp>`, a local-mode
+job's `LocalSession` as `<storage_path>/<name>/checkpoint_<step, 9 digits>`; both sort as text, the newest last
+(`run_job` gives each job a stable name under the study's jobs/ folder).
 """
 from __future__ import annotations
 

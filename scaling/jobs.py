@@ -1,0 +1,133 @@
+"""What a job is: a planned pre-training job or fine-tuning point (plan.py) made concrete for training.
+
+For each: the training spec the loop runs (`JobSpec`: data indices, recipe, seeds, starting weights), and for
+pre-training its content address in the checkpoint store and the weights file later jobs start from. Knows
+nothing of Ray: the sweep (sweep.py) runs these jobs, the driver (study.py) asks here which ones are stored.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from scaling.data.subsets import n_shot, nested_subset
+from scaling.plan import BOTH, FinetunePoint, PretrainJob
+from scaling.train.loop import CHECKPOINT_FORMAT, JobSpec
+
+
+@dataclass(frozen=True)
+class StudyJobs:
+    """The jobs of one study: its config, its prepared data and where checkpoints and job folders live.
+    Picklable: shipped to every Tune trial."""
+
+    cfg: object  # scaling.config.StudyConfig
+    data: object  # scaling.data.stage.StudyData
+    store_dir: str
+    jobs_dir: str
+
+    def shard_name(self, role: str) -> str:
+        prepared = self.data.target if role == "target" else self.data.sources[role]
+        return Path(prepared.shards.path).name
+
+    # -- pre-training -------------------------------------------------------------------------------------------
+
+    def pretrain_parts(self, job: PretrainJob) -> dict:
+        """The content address of a pre-training checkpoint: the model (rung name and what builds it, so a
+        changed ladder never loads stale weights under an old key), the checkpoint format, data, subset, seed,
+        recipe and start."""
+        from scaling import models
+
+        cfg = self.cfg
+        parts = {"ladder": cfg.models.ladder, "model": job.model,
+                 "definition": rung_definition(models.rung(cfg.models.ladder, job.model)),
+                 "format": CHECKPOINT_FORMAT, "data": self.shard_name(job.stages[-1]),
+                 "size": job.size, "seed": job.seed, "recipe": asdict(cfg.pretrain)}
+        if job.source == BOTH:
+            parts["init"] = self.pretrain_parts(self.first_stage(job))
+        return parts
+
+    def pretrain_key(self, job: PretrainJob) -> str:
+        from scaling.train.store import key_for
+
+        return key_for(**self.pretrain_parts(job))
+
+    def pretrained_weights(self, job: PretrainJob) -> str:
+        """The weights file of a pre-training job's store entry (which may not be built yet)."""
+        from scaling.train.store import STATE_FILE, CheckpointStore
+
+        return str(CheckpointStore(self.store_dir).path(self.pretrain_key(job)) / STATE_FILE)
+
+    @staticmethod
+    def first_stage(job: PretrainJob) -> PretrainJob:
+        """The natural job a "both" job continues from."""
+        return replace(job, source="natural")
+
+    def pretrain_spec(self, job: PretrainJob) -> JobSpec:
+        cfg = self.cfg
+        prepared = self.data.sources[job.stages[-1]]
+        train = nested_subset(prepared.shards.records.loc[prepared.train], job.size, job.seed)
+        init = self.pretrained_weights(self.first_stage(job)) if job.source == BOTH else None
+        return JobSpec(kind="pretrain", ladder=cfg.models.ladder, model=job.model, shards=str(prepared.shards.path),
+                       train=tuple(map(int, train)), val=tuple(map(int, prepared.val)), test=(),
+                       recipe=cfg.pretrain, seeds=(job.seed,), init=init, bf16=cfg.resources.bf16,
+                       loader_workers=cfg.resources.loader_workers, tags={"job": job.name})
+
+    # -- fine-tuning --------------------------------------------------------------------------------------------
+
+    def finetune_train(self, point: FinetunePoint):
+        """The target's training images (shard rows) of a point: the whole split, its n-shot subset or a nested
+        stratified subset. One draw per study: the seeds of a trial differ in initialisation and order."""
+        target = self.data.target
+        if point.shots:
+            return n_shot(target.shards.records.loc[target.train], point.shots, self.cfg.seed)
+        if point.target_subset:
+            return nested_subset(target.shards.records.loc[target.train], point.target_subset, self.cfg.seed)
+        return target.train
+
+    def finetune_spec(self, point: FinetunePoint, lr: float, weight_decay: float) -> JobSpec:
+        cfg, target = self.cfg, self.data.target
+        train = self.finetune_train(point)
+        job = point.pretrain(cfg.seed)
+        recipe = replace(cfg.finetune.recipe, steps=point.budget, lr=lr, weight_decay=weight_decay,
+                         eval_every=min(cfg.finetune.recipe.eval_every, point.budget))
+        return JobSpec(kind="finetune" if job else "scratch", ladder=cfg.models.ladder, model=point.model,
+                       shards=str(target.shards.path), train=tuple(map(int, train)),
+                       val=tuple(map(int, target.val)), test=tuple(map(int, target.test)), recipe=recipe,
+                       seeds=tuple(cfg.seed * 1000 + s for s in cfg.sweep.seeds),
+                       init=self.pretrained_weights(job) if job else None,
+                       bf16=cfg.resources.bf16, loader_workers=cfg.resources.loader_workers,
+                       tags={"job": point.name})
+
+
+def check_target_sizes(cfg, data) -> None:
+    """`sweep.scratch_target_sizes` must fit the target's training split, known once the data is staged."""
+    from scaling.config import ConfigError
+
+    available = len(data.target.train)
+    for i, size in enumerate(cfg.sweep.scratch_target_sizes):
+        if size > available:
+            raise ConfigError(f"sweep.scratch_target_sizes[{i}]: got {size}; expected at most {available}, the "
+                              f"size of the target's training split ({cfg.data.target.dataset}, after its "
+                              f"validation split)")
+
+
+def rung_definition(rung) -> dict:
+    """What builds a rung (`timm.create_model(arch, **kwargs)`, input patch) as JSON values: classes and
+    functions by their import path."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if callable(value):
+            return f"{value.__module__}.{value.__qualname__}"
+        return value
+
+    return {"arch": rung.arch, "kwargs": plain(dict(rung.kwargs)), "patch": rung.patch}
+
+
+def model_params(cfg, model: str) -> dict:
+    """Size and compute of a rung for the MLflow params and the results table."""
+    from scaling import models
+
+    rung = models.rung(cfg.models.ladder, model)
+    return {"params": models.params(rung), "flops_per_image": models.flops_per_image(rung, cfg.data.resolution)}

@@ -1,0 +1,147 @@
+"""The search over the fine-tuning grid: Optuna samples the hyper-parameters, per-cell ASHA stops poor trials.
+
+Optuna (TPE, seeded) samples learning rate and weight decay; the scaling grid is covered exactly by enqueueing
+every grid point (model, source, pre-training size, budget, shots, sample, target subset) as a partial Optuna
+trial -- Optuna fixes those axes and samples only the hyper-parameters. One search over all cells lets TPE learn
+from every trial; `PerCellASHA` stops a trial only against trials of its own cell, since a fine-tuning budget or
+a source changes what a good validation AUC is.
+
+The Optuna study lives in the study directory (`optuna.db`, SQLite: `optuna-dashboard sqlite:///<study>/optuna.db`
+opens it) and holds one trial per grid point: a resumed sweep continues that study instead of adding trials (see
+`make_searcher`).
+"""
+from __future__ import annotations
+
+import math
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+from scaling.ledger import ENDED
+from scaling.plan import FinetunePoint
+
+#: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
+METRIC = "val_roc_auc"
+AXES = ("model", "source", "pretrain_size", "budget", "shots", "sample", "target_subset")
+#: the Optuna study's name in optuna.db
+STUDY_NAME = "finetune"
+
+
+def point_of(config: dict) -> FinetunePoint:
+    """The grid point of a trial config (Tune's or Optuna's)."""
+    return FinetunePoint(**{k: config[k] for k in AXES})
+
+
+class GridSpace:
+    """Optuna define-by-run space: the grid axes as categoricals (fixed by the enqueued points) and the
+    hyper-parameters as log-uniform ranges. A class, not a closure, so Tune can pickle the searcher."""
+
+    def __init__(self, cfg):
+        self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
+                        "pretrain_size": [0, *cfg.data.source_sizes], "budget": list(cfg.finetune.budgets),
+                        "shots": list(cfg.data.shots),
+                        "sample": list(range(cfg.sweep.trials_per_cell)),
+                        "target_subset": [0, *cfg.sweep.scratch_target_sizes]}
+        self.ranges = {"lr": tuple(cfg.finetune.lr_range), "weight_decay": tuple(cfg.finetune.weight_decay_range)}
+
+    def distributions(self) -> dict:
+        import optuna
+
+        out = {axis: optuna.distributions.CategoricalDistribution(c) for axis, c in self.choices.items()}
+        out.update({k: optuna.distributions.FloatDistribution(*r, log=True) for k, r in self.ranges.items()})
+        return out
+
+    def __call__(self, trial) -> None:
+        for axis, choices in self.choices.items():
+            trial.suggest_categorical(axis, choices)
+        for name, (low, high) in self.ranges.items():
+            trial.suggest_float(name, low, high, log=True)
+
+
+def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str):
+    """OptunaSearch over `GridSpace` on the Optuna study in `storage` (an RDB URL), made to agree with the
+    ledger first, so that the study holds each grid point once and asks exactly for the `pending` ones:
+
+    - a trial an earlier attempt left RUNNING (the driver was stopped or killed) is told its result when the
+      ledger has it ended, else set back to WAITING: asked again, it keeps the hyper-parameters it was
+      sampled with (Optuna returns a parameter a trial already has), as the ledger recorded them;
+    - a pending point without a WAITING trial is enqueued (with the ledger's hyper-parameters if it started);
+    - an ended point the study does not know (e.g. optuna.db removed) is added with its result.
+    What it cannot undo: a trial that failed stays in the study as FAIL beside its retry."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = GridSpace(cfg)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    storage = optuna.storages.RDBStorage(storage)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
+                                load_if_exists=True)
+    todo = {p.name for p in pending}
+    known, waiting = set(), set()
+    for trial in study.get_trials(deepcopy=False):
+        name = point_of({**trial.system_attrs.get("fixed_params", {}), **trial.params}).name
+        known.add(name)
+        entry = ledger.get(name, {})
+        if trial.state == TrialState.RUNNING:
+            if entry.get("status") in ENDED and _value(entry) is not None:
+                study.tell(trial.number, _value(entry))
+                continue
+            # FrozenTrial keeps its storage id private
+            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            trial = storage.get_trial(trial._trial_id)
+        if trial.state == TrialState.WAITING:
+            if name in todo and name not in waiting:
+                waiting.add(name)
+            else:  # a leftover for a point that ended or is queued already: never asked for
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    for name, entry in ledger.items():
+        if name not in known and entry["status"] in ENDED and _value(entry) is not None:
+            study.add_trial(optuna.trial.create_trial(params=_params(entry), distributions=space.distributions(),
+                                                      value=_value(entry)))
+    for point in pending:
+        if point.name not in waiting:
+            started = ledger.get(point.name, {})
+            study.enqueue_trial({**point.as_dict(), **{k: started[k] for k in ("lr", "weight_decay") if k in started}})
+    return OptunaSearch(space, metric=METRIC, mode="max", sampler=sampler, study_name=STUDY_NAME, storage=storage)
+
+
+def _value(entry: dict) -> float | None:
+    value = entry.get("metrics", {}).get(METRIC)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _params(entry: dict) -> dict:
+    return {**{k: entry[k] for k in AXES}, "lr": entry["lr"], "weight_decay": entry["weight_decay"]}
+
+
+class PerCellASHA(FIFOScheduler):
+    """ASHA on optimizer steps (so a resumed trial keeps its place), comparing a trial only with trials of
+    its own cell (same model, source, pre-training size, budget, shots and target subset): one ASHA per cell,
+    created on the cell's first trial."""
+
+    def __init__(self, eval_every: int, grace_evals: int, reduction_factor: int):
+        super().__init__()
+        self.eval_every, self.grace_evals, self.reduction_factor = eval_every, grace_evals, reduction_factor
+        self._cells: dict[tuple, AsyncHyperBandScheduler] = {}
+
+    def _cell(self, trial) -> AsyncHyperBandScheduler:
+        point = point_of(trial.config)
+        if point.cell not in self._cells:
+            every = min(self.eval_every, point.budget)
+            self._cells[point.cell] = AsyncHyperBandScheduler(
+                time_attr="step", metric=METRIC, mode="max", max_t=point.budget,
+                grace_period=min(point.budget, every * self.grace_evals),
+                reduction_factor=self.reduction_factor, stop_last_trials=False)
+        return self._cells[point.cell]
+
+    def on_trial_add(self, controller, trial):
+        self._cell(trial).on_trial_add(controller, trial)
+
+    def on_trial_result(self, controller, trial, result):
+        return self._cell(trial).on_trial_result(controller, trial, result)
+
+    def on_trial_complete(self, controller, trial, result):
+        self._cell(trial).on_trial_complete(controller, trial, result)
+
+    def on_trial_remove(self, controller, trial):
+        self._cell(trial).on_trial_remove(controller, trial)
