@@ -26,7 +26,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from scaling.config import ConfigError
 from scaling.data.subsets import n_shot, nested_subset
-from scaling.plan import BOTH, FinetunePoint, PretrainJob
+from scaling.plan import BOTH, FinetunePoint, PretrainJob, all_pretrain_sizes, natural_stage, published_point
 from scaling.train.loop import JobSpec
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
@@ -56,16 +56,20 @@ class SweepContext:
     def pretrain_parts(self, job: PretrainJob) -> dict:
         """The content address of a pre-training checkpoint: model, data, subset, seed, recipe and start."""
         cfg = self.cfg
+        if published_point(cfg, job) is not None:  # not trained: addressed by the weights file it resolved to
+            return {"ladder": cfg.models.ladder, "model": job.model, "published": self.pretrained_weights(job)}
         parts = {"ladder": cfg.models.ladder, "model": job.model, "data": self.shard_name(job.stages[-1]),
                  "size": job.size, "seed": job.seed, "recipe": asdict(cfg.pretrain)}
         if job.source == BOTH:
-            parts["init"] = self.pretrain_parts(replace(job, source="natural"))
+            parts["init"] = self.pretrain_parts(natural_stage(cfg, job))
         return parts
 
     def pretrained_weights(self, job: PretrainJob) -> str:
         """The weights file of a pre-training job's store entry (which may not be built yet)."""
         from scaling.train.store import STATE_FILE, CheckpointStore, key_for
 
+        if published_point(self.cfg, job) is not None:
+            return self.data.weights[(job.source, job.size, job.model)]
         return str(CheckpointStore(self.store_dir).path(key_for(**self.pretrain_parts(job))) / STATE_FILE)
 
 
@@ -125,7 +129,7 @@ def pretrain_trial(config: dict, ctx: SweepContext) -> None:
     from scaling.train.store import STATE_FILE, CheckpointStore
 
     job = PretrainJob(**config["job"])
-    init = ctx.pretrained_weights(replace(job, source="natural")) if job.source == BOTH else None
+    init = ctx.pretrained_weights(natural_stage(ctx.cfg, job)) if job.source == BOTH else None
 
     def build(tmp: Path) -> None:
         result = run_job(pretrain_spec(ctx, job, init), name=job.name, storage_path=ctx.jobs_dir,
@@ -158,7 +162,7 @@ class GridSpace:
 
     def __init__(self, cfg):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
-                        "pretrain_size": [0, *cfg.data.source_sizes], "budget": list(cfg.finetune.budgets),
+                        "pretrain_size": all_pretrain_sizes(cfg), "budget": list(cfg.finetune.budgets),
                         "shots": list(cfg.data.shots),
                         "sample": list(range(cfg.sweep.trials_per_cell))}
         self.ranges = {"lr": tuple(cfg.finetune.lr_range), "weight_decay": tuple(cfg.finetune.weight_decay_range)}
