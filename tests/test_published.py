@@ -129,3 +129,19 @@ def test_bad_published_sources_are_named(tmp_path, natural, override, message):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, raw, *([override] if override else []))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name, rungs", [("covidx_bit", 6), ("tb_bit", 4)])
+def test_real_configs_plan_published_merged_both_and_scratch(name, rungs):
+    cfg = load_config(ROOT / "studies" / "configs" / f"{name}.yaml")
+    natural = cfg.data.sources["natural"]
+    assert [p.name for p in natural.published] == ["imagenet1k", "imagenet21k"]  # BiT-S and BiT-M
+    assert [m.dataset for m in cfg.data.sources["medical"].merge] == ["chexpert", "mimic-cxr", "nih", "padchest"]
+    points = finetune_points(cfg)
+    sizes = {s: sorted({p.pretrain_size for p in points if p.source == s}) for s in cfg.sweep.sources}
+    assert sizes == {"scratch": [0], "natural": [1281167, 14197122], "medical": cfg.data.source_sizes,
+                     "both": cfg.data.source_sizes}
+    waves = pretrain_jobs(cfg)
+    assert [len(w) for w in waves] == [rungs * 3, rungs * 3]  # medical, then both from BiT-M; nothing natural
+    assert all(natural_stage(cfg, j).size == 14197122 for j in waves[1])
+    assert cfg.finetune.recipe.micro_batch == cfg.pretrain.micro_batch == "auto"
