@@ -19,7 +19,7 @@ input channels: +2% FLOPs for R50x1 at 224 px, +12% for cpu w64 and +70% for cpu
 dominates). ``in_chans=1`` remains for training from scratch; 3-channel weights load into it only where summing
 is exact (plain convolutions and ViT's patch embedding).
 
-Weights load offline only: from a local file (a state_dict, or Google's BiT ``.npz``), or from the Hugging Face
+Weights load offline only: from a local file (a state_dict, or Google's ``.npz`` of BiT or ViT), or from the Hugging Face
 cache that ``python -m scaling.models download LADDER`` (or ``download --config STUDY.yaml``, exactly what a study
 names) fills on a machine with internet (compute nodes have none).
 
@@ -285,21 +285,21 @@ def create_model(ladder: str, name: str, num_classes: int, *, in_chans: int = 3,
         return _build(r, num_classes, in_chans, img_size)
     source = hub_file(r, hf_cache) if str(pretrained) == "hf" else Path(pretrained)
     model = _build(r, num_classes, in_chans, img_size)
-    if source.suffix == ".npz":  # Google's BiT release (BiT-S, BiT-M), read by timm's own converter
-        _load_bit_npz(model, source)
+    if source.suffix == ".npz":  # Google's releases (BiT-S, BiT-M, ViT augreg), read by timm's own converters
+        _load_google_npz(model, source)
         return model
     _load_into(model, read_state_dict(source), str(source))
     return model
 
 
-def _load_bit_npz(model: nn.Module, path: Path) -> None:
-    """Weights of Google's BiT `.npz` files (e.g. BiT-S-R50x1.npz, which timm does not publish) via timm's
-    ResNetV2.load_pretrained; the head is taken only when it fits, else zero-initialised."""
+def _load_google_npz(model: nn.Module, path: Path) -> None:
+    """Weights of Google's `.npz` files (e.g. BiT-S-R50x1.npz, which timm does not publish) via the model's timm
+    `load_pretrained`; the head is taken only when it fits, else zero-initialised."""
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist")
     if not hasattr(model, "load_pretrained"):
-        raise ModelError(f"checkpoint {path}: .npz files hold Google's BiT weights; {type(model).__name__} "
-                         "cannot read them")
+        raise ModelError(f"checkpoint {path}: .npz files hold Google's BiT or ViT weights; "
+                         f"{type(model).__name__} cannot read them")
     head = model.get_classifier()
     fits = getattr(head, "out_channels", None)
     try:
@@ -307,7 +307,7 @@ def _load_bit_npz(model: nn.Module, path: Path) -> None:
             classes = npz["resnet/head/conv2d/kernel"].shape[-1] if "resnet/head/conv2d/kernel" in npz else None
         model.load_pretrained(str(path))
     except Exception as e:  # numpy and timm's converter raise many types for a file of another layout
-        raise ModelError(f"cannot read BiT checkpoint {path}: {e}") from e
+        raise ModelError(f"cannot read Google .npz checkpoint {path}: {e}") from e
     if classes != fits:
         new_head(model, model.num_classes)
 
@@ -355,13 +355,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "download":
         if (args.ladder is None) == (args.config is None):
             parser.error("download: give a LADDER or --config, not both")
-        if args.config:
-            from scaling import published
-            from scaling.config import load_config
+        from scaling import published
+        from scaling.config import load_config
 
-            published.download(load_config(args.config), args.cache_dir)
-        else:
-            download(args.ladder, args.cache_dir)
+        try:
+            if args.config:
+                published.download(load_config(args.config), args.cache_dir)
+            else:
+                download(args.ladder, args.cache_dir)
+        except ValueError as e:  # ModelError, ConfigError (under `python -m`, this module's classes are __main__'s)
+            parser.exit(2, f"error: {e}\n")
         return
     print(f"{'ladder':8} {'rung':8} {'params':>14} {'GFLOPs@' + str(args.resolution):>14}  weights")
     for ladder in [args.ladder] if args.ladder else list(LADDERS):

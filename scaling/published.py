@@ -84,7 +84,12 @@ def download(cfg, hf_cache: str | Path | None = None) -> list[Path]:
                                             "and no url is configured to fetch it from")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(path.name + ".partial")
-                urllib.request.urlretrieve(point.url.format(model=model), partial)
+                url = point.url.format(model=model)
+                try:
+                    urllib.request.urlretrieve(url, partial)
+                except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+                    raise models.ModelError(f"cannot fetch {url} for data.sources.{role} published "
+                                            f"{point.name!r}: {e}") from e
                 partial.rename(path)
         print(f"{role} {point.name} {cfg.models.ladder}/{model}: {path}", flush=True)
         paths.append(path)

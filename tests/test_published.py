@@ -145,3 +145,42 @@ def test_real_configs_plan_published_merged_both_and_scratch(name, rungs):
     assert [len(w) for w in waves] == [rungs * 3, rungs * 3]  # medical, then both from BiT-M; nothing natural
     assert all(natural_stage(cfg, j).size == 14197122 for j in waves[1])
     assert cfg.finetune.recipe.micro_batch == cfg.pretrain.micro_batch == "auto"
+
+
+def _bit_npz(model, path: Path, classes: int) -> Path:
+    """`model`'s weights in the layout of Google's BiT release (BiT-S-R50x1.npz): HWIO kernels, TF names."""
+    import numpy as np
+
+    def hwio(w):
+        return w.detach().numpy().transpose(2, 3, 1, 0) if w.ndim == 4 else w.detach().numpy()
+
+    out = {"resnet/root_block/standardized_conv2d/kernel": hwio(model.stem.conv.weight),
+           "resnet/group_norm/gamma": hwio(model.norm.weight), "resnet/group_norm/beta": hwio(model.norm.bias),
+           "resnet/head/conv2d/kernel": np.zeros((1, 1, model.num_features, classes), np.float32),
+           "resnet/head/conv2d/bias": np.zeros(classes, np.float32)}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage.blocks):
+            prefix = f"resnet/block{i + 1}/unit{j + 1:02d}/"
+            for part, conv, norm in (("a", block.conv1, block.norm1), ("b", block.conv2, block.norm2),
+                                     ("c", block.conv3, block.norm3)):
+                out[f"{prefix}{part}/standardized_conv2d/kernel"] = hwio(conv.weight)
+                out[f"{prefix}{part}/group_norm/gamma"] = hwio(norm.weight)
+                out[f"{prefix}{part}/group_norm/beta"] = hwio(norm.bias)
+            if block.downsample is not None:
+                out[f"{prefix}a/proj/standardized_conv2d/kernel"] = hwio(block.downsample.conv.weight)
+    np.savez(path, **out)
+    return path
+
+
+def test_google_bit_npz_weights_load_with_a_new_head(tmp_path):
+    torch.manual_seed(0)
+    source = models.create_model("bit", "R50x1", 0)
+    npz = _bit_npz(source, tmp_path / "BiT-S-R50x1.npz", classes=1000)
+    model = models.create_model("bit", "R50x1", 2, pretrained=npz)
+    own = model.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in source.state_dict().items())
+    assert not model.get_classifier().weight.any()  # 1000 ImageNet classes do not fit 2: zero-initialised
+    with pytest.raises(models.ModelError, match="cannot read Google .npz checkpoint .*BiT-S-R50x1.npz"):
+        models.create_model("bit", "R101x1", 2, pretrained=npz)  # fewer blocks than R101x1 needs
+    with pytest.raises(models.ModelError, match="cannot read Google .npz checkpoint"):
+        models.create_model("vit", "tiny", 2, pretrained=npz)  # a ViT reads Google's ViT layout, not BiT's

@@ -3,10 +3,10 @@
 Fine-tuning R152x4 at 480 px does not fit a 40 GB A100 at BiT's batch of 128 per step. Gradient accumulation
 keeps the effective batch (`Recipe.batch_size`) whatever the micro-batch; checkpointing (timm's
 `set_grad_checkpointing`, recomputing each stage's activations in the backward pass) trades ~30% compute for
-most of the activation memory. With `micro_batch: auto` the first worker measures the peak memory of one
-forward/backward pass on the real model at a probe micro-batch, extrapolates linearly in the batch (weights,
-gradients and optimizer state are the fixed part, activations grow with the images), checks the candidate with
-a second real pass, and every worker takes that micro-batch. Torch-only; no Ray.
+most of the activation memory. With `micro_batch: auto` the first worker measures the peak memory of
+forward/backward passes of the real model at two small micro-batches, extrapolates linearly in the batch
+(weights, gradients and optimizer state are the fixed part, activations grow with the images), confirms the
+largest candidate with a real pass, and every worker takes that micro-batch. Torch only; Ray is not used here.
 """
 from __future__ import annotations
 
