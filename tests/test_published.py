@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
 from scaling import models, published
@@ -35,17 +36,6 @@ def load(tmp_path, raw: dict, *overrides):
     return load_config(path, list(overrides))
 
 
-def fake_hub_cache(cache: Path, repo_id: str, state: dict) -> Path:
-    """The layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REVISION/model.safetensors}."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    save_file(state, repo / "snapshots" / revision / "model.safetensors")
-    return repo / "snapshots" / revision / "model.safetensors"
-
-
 def test_published_points_join_the_data_size_axis_and_are_not_trained(tmp_path):
     cfg = load(tmp_path, config(tmp_path))
     natural = sorted({p.pretrain_size for p in finetune_points(cfg) if p.source == "natural"})
@@ -69,7 +59,7 @@ def test_published_weights_resolve_offline_from_the_hf_cache(tmp_path, monkeypat
 
     torch.manual_seed(0)
     source = models.create_model("vit", "tiny", 0)
-    hub = fake_hub_cache(cache, REPO, source.state_dict())
+    hub = write_hub_cache(cache, REPO, source.state_dict())
     save_file(source.state_dict(), tmp_path / "tiny.safetensors")
     found = published.resolve(cfg, hf_cache=cache)
     assert found == {("natural", 14197122, "tiny"): str(hub.resolve()),
