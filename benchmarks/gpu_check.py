@@ -2,6 +2,9 @@
 
 Both run the same model on the same shards (synthetic COVIDx-like images), bf16 autocast and channels_last
 on GPU, SGD, for a fixed number of steps, one after the other in this run; the ratio is job / plain.
+Then, on a GPU only, activation checkpointing: peak memory and img/s of plain training steps with and without
+timm's set_grad_checkpointing for each of --checkpoint-models at 480 px (R50x1 and R152x4 by default), at the
+largest micro-batch that fits without checkpointing (found by the preflight of scaling/train/memory.py).
 
     python benchmarks/gpu_check.py                         # BiT R50x1 at 224 and 480 px (needs a GPU)
     python benchmarks/gpu_check.py --ladder cpu --model w8 --resolutions 32 --steps 3 --batch 8 --images 32
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -59,6 +63,33 @@ def plain_loop(model_args: tuple, shards, train, batch: int, steps: int, device)
     return steps * batch / seconds, peak
 
 
+def checkpointing_rows(ladder: str, names: list[str], crop: int, steps: int) -> list[tuple]:
+    """(model, micro-batch, checkpointing, img/s, peak GiB) of bf16 forward+backward passes on blank images."""
+    import torch
+
+    from scaling import models
+    from scaling.train import memory
+    from scaling.train.loop import _loss
+
+    device = torch.device("cuda")
+    rows = []
+    for name in names:
+        model = models.create_model(ladder, name, num_classes=1).to(device, memory_format=torch.channels_last)
+        peak = memory.gpu_peak(model, "binary", 1, crop, device, True, _loss)
+        micro, _ = memory.choose_micro_batch(128, peak, memory.gpu_budget(device))
+        for checkpointing in (False, True):
+            model.set_grad_checkpointing(checkpointing)
+            peak(micro)  # warm-up (cuDNN autotuning)
+            torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            peaks = [peak(micro) for _ in range(steps)]
+            seconds = time.perf_counter() - started
+            rows.append((name, micro, checkpointing, steps * micro / seconds, max(peaks) / 2**30))
+        del model, peak
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ladder", default="bit")
@@ -67,6 +98,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--checkpoint-models", nargs="*", default=["R50x1", "R152x4"],
+                        help="rungs of --ladder for the checkpointing comparison at 480 px (GPU only)")
+    parser.add_argument("--checkpoint-steps", type=int, default=5)
     args = parser.parse_args()
 
     import ray
@@ -105,6 +139,16 @@ def main() -> None:
     for crop, job_tp, plain_tp, job_peak, plain_peak in rows:
         print(f"{crop:>5} {job_tp:>10.1f} {plain_tp:>12.1f} {job_tp / plain_tp:>6.2f} {job_peak:>12.2f} "
               f"{plain_peak:>14.2f}")
+    if not gpu:
+        print("activation checkpointing: skipped (no GPU)", file=sys.stderr)
+        return
+    rows = checkpointing_rows(args.ladder, args.checkpoint_models, 480, args.checkpoint_steps)
+    print(f"\nactivation checkpointing at 480 px, bf16, micro-batch: the largest that fits without it")
+    print(f"{'model':>8} {'micro':>6} {'ckpt':>5} {'img/s':>8} {'peak GB':>8} {'img/s ratio':>12} {'peak ratio':>11}")
+    for plain, ckpt in zip(rows[::2], rows[1::2]):
+        for row in (plain, ckpt):
+            print(f"{row[0]:>8} {row[1]:>6} {'yes' if row[2] else 'no':>5} {row[3]:>8.1f} {row[4]:>8.2f} "
+                  f"{row[3] / plain[3]:>12.2f} {row[4] / plain[4]:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,45 @@ def _opt(default, **limits):
 
 
 @dataclass
-class DatasetRef:
-    """A dataset from `scaling.data.registry` and its constructor options (e.g. root, version, size)."""
+class PublishedWeights:
+    """A pre-training point that is not trained: published weights for every rung, placed on the data-size
+    axis at the number of images they were pre-trained on."""
 
-    dataset: str
+    #: names the point (e.g. imagenet21k) in `sweep.both_from` and in messages
+    name: str
+    #: pre-training images behind the weights: the point's place on the data-size axis
+    images: int = field(metadata={"min": 1})
+    #: "hf": timm's weights from the local Hugging Face cache; otherwise a file path, `{model}` -> the rung name
+    weights: str = "hf"
+    #: timm pretrained tag for weights "hf" (e.g. goog_in21k); empty: the ladder's own tag
+    tag: str = ""
+    #: where `python -m scaling.models download` fetches a file path from (`{model}` -> the rung name)
+    url: str = ""
+
+
+@dataclass
+class DatasetRef:
+    """A data source: one dataset from `scaling.data.registry` with its constructor options (e.g. root, version,
+    size), or the union of several (`merge`) on their shared labels; a pre-training source may also name
+    published weights (`published`) as further points of its data-size axis, or consist of them alone."""
+
+    dataset: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    #: members of a merged source, each a dataset with options
+    merge: list[DatasetRef] = field(default_factory=list)
+    #: a merged source's labels: "shared" (present in every member) or "union" (missing ones are unknown, NaN)
+    labels: Literal["shared", "union"] = "shared"
+    published: list[PublishedWeights] = field(default_factory=list)
+
+
+@dataclass
+class LeakageConfig:
+    """The guard against pre-training on the target's evaluation images (scaling/data/leakage.py)."""
+
+    #: error: stop, naming both files; remove: drop the source images and count them; off: no check
+    policy: Literal["error", "remove", "off"] = "error"
+    #: near-duplicate when 256-bit difference hashes differ in at most this many bits
+    max_distance: int = _opt(8, min=0, max_exclusive=64)
 
 
 @dataclass
@@ -56,6 +90,7 @@ class DataConfig:
     shots: list[int] = field(default_factory=lambda: [0], metadata={"min": 0})
     val_fraction: float = _opt(0.15, min_exclusive=0, max_exclusive=1)
     on_bad_image: Literal["error", "skip"] = "error"
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
     cache_dir: str = ".cache/scaling"
 
 
@@ -85,6 +120,12 @@ class Recipe:
     balanced_sampling: bool = False
     eval_every: int = _opt(100, min=1)
     augment: bool = True
+    #: recompute activations in the backward pass (timm's set_grad_checkpointing): less memory, ~30% more compute
+    grad_checkpointing: bool = False
+    #: images per forward pass and worker: empty = batch_size / (workers x grad_accum); "auto" = the largest that
+    #: fits the GPU, measured by a preflight on the first worker (scaling/train/memory.py); the effective batch
+    #: stays batch_size either way
+    micro_batch: int | Literal["auto"] | None = _opt(None, min=1)
 
 
 @dataclass
@@ -114,6 +155,9 @@ class SweepConfig:
     #: ASHA: trials are compared at these evaluation points and the worse stopped
     asha_grace_evals: int = _opt(1, min=1)
     asha_reduction_factor: int = _opt(3, min=2)
+    #: what "both" starts from: empty = the study's own natural pre-training at each size; the name of a
+    #: published natural point = those weights, then the study's medical pre-training
+    both_from: str = ""
 
 
 @dataclass
@@ -226,8 +270,18 @@ def _coerce(tp, value, key: str, limits) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, limits)
+        inner = [a for a in args if a is not type(None)]
+        for option in inner[:-1]:  # e.g. int | Literal["auto"]: the first type that takes the value
+            try:
+                return _coerce(option, value, key, limits)
+            except ConfigError:
+                continue
+        try:
+            return _coerce(inner[-1], value, key, limits)
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+            raise ConfigError(f"{key}: got {value!r}; expected {_describe(tp)}") from None
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(repr, args))}")
@@ -283,6 +337,8 @@ def _describe(tp) -> str:
         return f"a list of {_describe(args[0])}"
     if origin is dict:
         return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -294,19 +350,23 @@ def _join(path: str, name: str) -> str:
 
 
 def validate(cfg: StudyConfig) -> None:
-    """Checks that need more than one key or a registry: dataset and model names, dataset options,
-    subset sizes against what a synthetic source holds, sweep sources against configured sources."""
+    """Checks that need more than one key or a registry: dataset and model names, dataset options, merged and
+    published sources, subset sizes against what a synthetic source holds, sweep sources against configured
+    sources."""
     from scaling.data import registry
 
-    refs = {"data.target": cfg.data.target, **{f"data.sources.{k}": v for k, v in cfg.data.sources.items()}}
-    for key, ref in refs.items():
-        _validate_dataset(key, ref, registry)
-    for role in cfg.data.sources:
+    target = cfg.data.target
+    if not target.dataset or target.merge or target.published:
+        raise ConfigError("data.target: expected one dataset (data.target.dataset), not a merged or published source")
+    _validate_dataset("data.target", target, registry)
+    for role, ref in cfg.data.sources.items():
         if role not in ("natural", "medical"):
             raise ConfigError(f"data.sources.{role}: unknown source role; expected natural or medical")
+        _validate_source(f"data.sources.{role}", ref, cfg, registry)
     needed = {"natural", "medical"} & {r for s in cfg.sweep.sources for r in (("natural", "medical") if s == "both" else (s,))}
     for role in sorted(needed - set(cfg.data.sources)):
         raise ConfigError(f"sweep.sources asks for {role!r} pre-training but data.sources.{role} is not configured")
+    _validate_both(cfg)
     for role, ref in cfg.data.sources.items():
         size = ref.options.get("size")
         for i, n in enumerate(cfg.data.source_sizes):
@@ -319,10 +379,88 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"sweep.scratch_target_sizes: got {cfg.sweep.scratch_target_sizes}; they add from-scratch "
                           "points, but sweep.sources has no 'scratch'")
     _validate_models(cfg.models)
+    for key, recipe in (("pretrain", cfg.pretrain), ("finetune.recipe", cfg.finetune.recipe)):
+        if recipe.micro_batch is not None and recipe.grad_accum != 1:
+            raise ConfigError(f"{key}.micro_batch: got {recipe.micro_batch!r} with {key}.grad_accum "
+                              f"{recipe.grad_accum}; expected one of them (micro_batch sets the accumulation)")
     for name in ("lr_range", "weight_decay_range"):
         low, high = getattr(cfg.finetune, name)
         if low > high:
             raise ConfigError(f"finetune.{name}: got {[low, high]}; expected [low, high] with low <= high")
+
+
+def has_own_data(ref: DatasetRef) -> bool:
+    """Whether a source has images of its own to pre-train on (not only published weights)."""
+    return bool(ref.dataset or ref.merge)
+
+
+def _validate_source(key: str, ref: DatasetRef, cfg: StudyConfig, registry) -> None:
+    if ref.dataset and ref.merge:
+        raise ConfigError(f"{key}: has both dataset and merge; expected one of them")
+    if not has_own_data(ref) and not ref.published:
+        raise ConfigError(f"{key}: expected a dataset, a merge of datasets or published weights")
+    if ref.dataset:
+        _validate_dataset(key, ref, registry)
+    if ref.merge:
+        if len(ref.merge) < 2:
+            raise ConfigError(f"{key}.merge: got {len(ref.merge)} dataset; expected at least two to merge")
+        seen = set()
+        for i, member in enumerate(ref.merge):
+            where = f"{key}.merge[{i}]"
+            if member.merge or member.published or not member.dataset:
+                raise ConfigError(f"{where}: expected a dataset with options (members are not merged or published)")
+            _validate_dataset(where, member, registry)
+            if member.dataset in seen:
+                raise ConfigError(f"{where}.dataset: {member.dataset!r} is merged twice")
+            seen.add(member.dataset)
+    own = set(cfg.data.source_sizes) if has_own_data(ref) else set()
+    for i, point in enumerate(ref.published):
+        where = f"{key}.published[{i}]"
+        if point.name in {p.name for p in ref.published[:i]}:
+            raise ConfigError(f"{where}.name: {point.name!r} is used twice")
+        if point.images in own or point.images in {p.images for p in ref.published[:i]}:
+            raise ConfigError(f"{where}.images: {point.images} is already a point of the data-size axis of {key}; "
+                              "expected a size of its own")
+        _validate_published(where, point, cfg.models)
+
+
+def _validate_published(key: str, point: PublishedWeights, models: ModelsConfig) -> None:
+    import string
+
+    from scaling import published
+
+    if point.weights == "hf":
+        if point.url:
+            raise ConfigError(f"{key}.url: only for a weights file; weights: hf comes from the Hugging Face hub")
+        try:
+            published.check_tags(models.ladder, models.sizes, point.tag)
+        except ValueError as e:
+            raise ConfigError(f"{key}.tag: {e}") from None
+        return
+    if point.tag:
+        raise ConfigError(f"{key}.tag: only for weights: hf; got weights {point.weights!r}")
+    fields = {name for _, name, _, _ in string.Formatter().parse(point.weights + point.url) if name is not None}
+    if fields - {"model"}:
+        raise ConfigError(f"{key}.weights: got {point.weights!r}; expected 'hf' or a file path whose only "
+                          f"placeholder is {{model}}")
+
+
+def _validate_both(cfg: StudyConfig) -> None:
+    sources, both_from = cfg.data.sources, cfg.sweep.both_from
+    if both_from:
+        names = [p.name for p in sources.get("natural", DatasetRef()).published]
+        if both_from not in names:
+            raise ConfigError(f"sweep.both_from: got {both_from!r}; expected the name of a published natural point "
+                              f"(data.sources.natural.published): {', '.join(names) or '(none configured)'}")
+        if "both" not in cfg.sweep.sources:
+            raise ConfigError("sweep.both_from: set, but sweep.sources has no 'both'")
+    if "both" not in cfg.sweep.sources:
+        return
+    for role in ("natural", "medical") if not both_from else ("medical",):
+        if role in sources and not has_own_data(sources[role]):
+            raise ConfigError(f"sweep.sources has 'both', which pre-trains on data.sources.{role}'s own images, but "
+                              f"it only names published weights" + ("; set sweep.both_from to start from them"
+                                                                    if role == "natural" else ""))
 
 
 def _validate_dataset(key: str, ref: DatasetRef, registry) -> None:

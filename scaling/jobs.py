@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from scaling.data.subsets import n_shot, nested_subset
-from scaling.plan import BOTH, FinetunePoint, PretrainJob
+from scaling.plan import BOTH, FinetunePoint, PretrainJob, natural_stage, published_point
 from scaling.train.loop import CHECKPOINT_FORMAT, JobSpec
 
 
@@ -37,6 +37,8 @@ class StudyJobs:
         from scaling import models
 
         cfg = self.cfg
+        if published_point(cfg, job) is not None:  # not trained: addressed by the weights file it resolved to
+            return {"ladder": cfg.models.ladder, "model": job.model, "published": self.pretrained_weights(job)}
         parts = {"ladder": cfg.models.ladder, "model": job.model,
                  "definition": rung_definition(models.rung(cfg.models.ladder, job.model)),
                  "format": CHECKPOINT_FORMAT, "data": self.shard_name(job.stages[-1]),
@@ -54,12 +56,13 @@ class StudyJobs:
         """The weights file of a pre-training job's store entry (which may not be built yet)."""
         from scaling.train.store import STATE_FILE, CheckpointStore
 
+        if published_point(self.cfg, job) is not None:
+            return self.data.weights[(job.source, job.size, job.model)]
         return str(CheckpointStore(self.store_dir).path(self.pretrain_key(job)) / STATE_FILE)
 
-    @staticmethod
-    def first_stage(job: PretrainJob) -> PretrainJob:
-        """The natural job a "both" job continues from."""
-        return replace(job, source="natural")
+    def first_stage(self, job: PretrainJob) -> PretrainJob:
+        """The natural job a "both" job continues from (its own, or published weights: `sweep.both_from`)."""
+        return natural_stage(self.cfg, job)
 
     def pretrain_spec(self, job: PretrainJob) -> JobSpec:
         cfg = self.cfg

@@ -19,8 +19,12 @@ input channels: +2% FLOPs for R50x1 at 224 px, +12% for cpu w64 and +70% for cpu
 dominates). ``in_chans=1`` remains for training from scratch; 3-channel weights load into it only where summing
 is exact (plain convolutions and ViT's patch embedding).
 
-Weights load offline only: from a local file, or from the Hugging Face cache that
-``python -m scaling.models download LADDER`` fills on a machine with internet (compute nodes have none).
+Weights load offline only: from a local file (a state_dict, or Google's ``.npz`` of BiT or ViT), or from the Hugging Face
+cache that ``python -m scaling.models download LADDER`` (or ``download --config STUDY.yaml``, exactly what a study
+names) fills on a machine with internet (compute nodes have none).
+
+Activation checkpointing (``Recipe.grad_checkpointing``) is timm's ``set_grad_checkpointing()``, which every
+ladder's architecture implements.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import timm
 import torch
 from timm.layers import BatchNormAct2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame, create_conv2d
@@ -64,9 +69,18 @@ class Rung:
     @property
     def hub_id(self) -> str | None:
         """The Hugging Face repository of the published weights, e.g. ``timm/resnetv2_50x1_bit.goog_in21k``."""
-        if self.hub_tag is None:
+        return self.hub_repo()
+
+    def hub_repo(self, tag: str | None = None) -> str | None:
+        """The Hugging Face repository of timm's weights under pretrained `tag` (default: `hub_tag`)."""
+        tag = tag or self.hub_tag
+        if tag is None:
             return None
-        return get_pretrained_cfg(f"{self.arch}.{self.hub_tag}").hf_hub_id
+        cfg = get_pretrained_cfg(f"{self.arch}.{tag}")
+        if cfg is None:
+            raise ModelError(f"timm has no weights {self.arch}.{tag} for {self.ladder}/{self.name}; its tags: "
+                             f"{', '.join(published_tags(self)) or '(none)'}")
+        return cfg.hf_hub_id
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,11 @@ LADDERS: dict[str, Ladder] = {
     "vit": Ladder("vit", tuple(_vit(s) for s in ("tiny", "small", "base", "large"))),
     "cpu": Ladder("cpu", tuple(_mini(w) for w in (8, 16, 24, 32, 48, 64))),
 }
+
+
+def published_tags(r: Rung) -> list[str]:
+    """timm's pretrained tags for the architecture of `r` (e.g. goog_in21k, goog_in21k_ft_in1k)."""
+    return [name.split(".", 1)[1] for name in timm.list_pretrained(f"{r.arch}.*")] if r.hub_tag else []
 
 
 def rung(ladder: str, name: str) -> Rung:
@@ -197,20 +216,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def hub_file(r: Rung, cache_dir: str | Path | None = None) -> Path:
-    """The cached weight file of rung `r` in the Hugging Face cache (default: HF_HUB_CACHE / HF_HOME), without any
-    network access."""
+def hub_file(r: Rung, cache_dir: str | Path | None = None, tag: str | None = None,
+             command: str | None = None) -> Path:
+    """The cached weight file of rung `r` (timm tag `tag`, default `hub_tag`) in the Hugging Face cache
+    (default: HF_HUB_CACHE / HF_HOME), without any network access. `command` is the download command the
+    error message names (default: the ladder's)."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if r.hub_id is None:
+    repo = r.hub_repo(tag)
+    if repo is None:
         raise ModelError(f"{r.ladder}/{r.name} has no published weights; pass a checkpoint file instead")
     for filename in HUB_FILES:
-        found = try_to_load_from_cache(r.hub_id, filename, cache_dir=cache_dir)
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
         if isinstance(found, str):
             return Path(found)
-    raise ModelError(f"weights of {r.ladder}/{r.name} ({r.hub_id}) are not in the Hugging Face cache "
-                     f"{cache_dir or constants.HF_HUB_CACHE}; run `python -m scaling.models download {r.ladder}` "
-                     f"on a machine with internet and share that cache (HF_HOME) with the compute nodes")
+    command = command or f"python -m scaling.models download {r.ladder}"
+    raise ModelError(f"weights of {r.ladder}/{r.name} (Hugging Face repository {repo}) are not in the Hugging Face "
+                     f"cache {cache_dir or constants.HF_HUB_CACHE}; run `{command}` on a machine with internet "
+                     f"and share that cache (HF_HOME) with the compute nodes")
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -261,17 +284,49 @@ def create_model(ladder: str, name: str, num_classes: int, *, in_chans: int = 3,
     if pretrained is None:
         return _build(r, num_classes, in_chans, img_size)
     source = hub_file(r, hf_cache) if str(pretrained) == "hf" else Path(pretrained)
-    state = read_state_dict(source)
     model = _build(r, num_classes, in_chans, img_size)
-    _load_into(model, state, str(source))
+    if source.suffix == ".npz":  # Google's releases (BiT-S, BiT-M, ViT augreg), read by timm's own converters
+        _load_google_npz(model, source)
+        return model
+    _load_into(model, read_state_dict(source), str(source))
     return model
+
+
+def _load_google_npz(model: nn.Module, path: Path) -> None:
+    """Weights of Google's `.npz` files (e.g. BiT-S-R50x1.npz, which timm does not publish) via the model's timm
+    `load_pretrained`; the head is taken only when it fits, else zero-initialised."""
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    if not hasattr(model, "load_pretrained"):
+        raise ModelError(f"checkpoint {path}: .npz files hold Google's BiT or ViT weights; "
+                         f"{type(model).__name__} cannot read them")
+    head = model.get_classifier()
+    fits = getattr(head, "out_channels", None)
+    try:
+        with np.load(path) as npz:
+            classes = npz["resnet/head/conv2d/kernel"].shape[-1] if "resnet/head/conv2d/kernel" in npz else None
+        model.load_pretrained(str(path))
+    except Exception as e:  # numpy and timm's converter raise many types for a file of another layout
+        raise ModelError(f"cannot read Google .npz checkpoint {path}: {e}") from e
+    if classes != fits:
+        new_head(model, model.num_classes)
+
+
+def fetch_hub(repo: str, cache_dir: str | Path | None = None) -> Path:
+    """Download the weight file of one Hugging Face repository into the cache (needs internet)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    for filename in HUB_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=cache_dir))
+        except RemoteEntryNotFoundError:
+            continue
+    raise ModelError(f"{repo} holds none of {', '.join(HUB_FILES)}")
 
 
 def download(ladder: str, cache_dir: str | Path | None = None) -> list[Path]:
     """Fetch the published weights of every rung of `ladder` into the Hugging Face cache (needs internet)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-
     if ladder not in LADDERS:
         raise ModelError(f"unknown model ladder {ladder!r}; valid ladders: {', '.join(LADDERS)}")
     paths = []
@@ -279,14 +334,7 @@ def download(ladder: str, cache_dir: str | Path | None = None) -> list[Path]:
         if r.hub_id is None:
             raise ModelError(f"ladder {ladder!r} has no published weights (it is trained from scratch or from "
                              "checkpoints of this platform)")
-        for filename in HUB_FILES:
-            try:
-                paths.append(Path(hf_hub_download(r.hub_id, filename, cache_dir=cache_dir)))
-                break
-            except RemoteEntryNotFoundError:
-                continue
-        else:
-            raise ModelError(f"{r.hub_id} holds none of {', '.join(HUB_FILES)}")
+        paths.append(fetch_hub(r.hub_id, cache_dir))
         print(f"{r.ladder}/{r.name}: {paths[-1]}", flush=True)
     return paths
 
@@ -298,12 +346,25 @@ def main(argv: list[str] | None = None) -> None:
     show = sub.add_parser("list", help="rungs with parameters and forward FLOPs per image")
     show.add_argument("ladder", nargs="?", choices=list(LADDERS))
     show.add_argument("--resolution", type=int, default=224)
-    fetch = sub.add_parser("download", help="pre-download a ladder's published weights (login node)")
-    fetch.add_argument("ladder", choices=list(LADDERS))
+    fetch = sub.add_parser("download", help="pre-download published weights (login node): a ladder's, or exactly "
+                                            "those a study config names (--config)")
+    fetch.add_argument("ladder", nargs="?", choices=list(LADDERS))
+    fetch.add_argument("--config", help="a study config: fetch the published weights of its sources and rungs")
     fetch.add_argument("--cache-dir", default=None, help="Hugging Face cache (default: HF_HUB_CACHE / HF_HOME)")
     args = parser.parse_args(argv)
     if args.command == "download":
-        download(args.ladder, args.cache_dir)
+        if (args.ladder is None) == (args.config is None):
+            parser.error("download: give a LADDER or --config, not both")
+        from scaling import published
+        from scaling.config import load_config
+
+        try:
+            if args.config:
+                published.download(load_config(args.config), args.cache_dir)
+            else:
+                download(args.ladder, args.cache_dir)
+        except ValueError as e:  # ModelError, ConfigError (under `python -m`, this module's classes are __main__'s)
+            parser.exit(2, f"error: {e}\n")
         return
     print(f"{'ladder':8} {'rung':8} {'params':>14} {'GFLOPs@' + str(args.resolution):>14}  weights")
     for ladder in [args.ladder] if args.ladder else list(LADDERS):

@@ -5,7 +5,9 @@ Pure functions of the config, so a resumed study plans exactly the same jobs und
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+from scaling.config import has_own_data
 
 #: a pre-training source made of two: natural images first, then chest X-rays
 BOTH = "both"
@@ -74,8 +76,7 @@ def finetune_points(cfg) -> list[FinetunePoint]:
     for model, source, budget, shots, sample in itertools.product(
             cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots,
             range(cfg.sweep.trials_per_cell)):
-        sizes = [0] if source == SCRATCH else cfg.data.source_sizes
-        points += [FinetunePoint(model, source, size, budget, shots, sample) for size in sizes]
+        points += [FinetunePoint(model, source, size, budget, shots, sample) for size in pretrain_sizes(cfg, source)]
         if source == SCRATCH and shots == 0:
             points += [FinetunePoint(model, source, 0, budget, 0, sample, n) for n in cfg.sweep.scratch_target_sizes]
     return sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
@@ -86,8 +87,39 @@ def pretrain_jobs(cfg) -> list[list[PretrainJob]]:
     """The unique pre-training jobs the grid needs, in waves: a "both" job starts from its natural job,
     so it runs in the wave after it."""
     jobs = {p.pretrain(cfg.seed) for p in finetune_points(cfg) if p.source != SCRATCH}
-    first = {j for j in jobs if j.source != BOTH} | {PretrainJob(j.model, "natural", j.size, j.seed)
-                                                     for j in jobs if j.source == BOTH}
+    first = {j for j in jobs if j.source != BOTH} | {natural_stage(cfg, j) for j in jobs if j.source == BOTH}
     second = jobs - first
+    first = {j for j in first if published_point(cfg, j) is None}  # published weights are resolved, not trained
     order = lambda j: (j.model, j.source, j.size)  # noqa: E731
     return [sorted(w, key=order) for w in (first, second) if w]
+
+
+def pretrain_sizes(cfg, source: str) -> list[int]:
+    """The data-size axis of a source: the study's own nested subsets (`data.source_sizes`, when the source has
+    images of its own) and its published points; "both" takes the medical sizes; scratch is [0]."""
+    if source == SCRATCH:
+        return [0]
+    if source == BOTH:
+        return list(cfg.data.source_sizes)
+    ref = cfg.data.sources[source]
+    return sorted([*(cfg.data.source_sizes if has_own_data(ref) else []), *(p.images for p in ref.published)])
+
+
+def all_pretrain_sizes(cfg) -> list[int]:
+    """Every pre-training size of the grid (0 for scratch included)."""
+    return sorted({0} | {n for source in cfg.sweep.sources for n in pretrain_sizes(cfg, source)})
+
+
+def published_point(cfg, job: PretrainJob):
+    """The published weights (scaling.config.PublishedWeights) a job stands for, or None when it is trained."""
+    ref = cfg.data.sources.get(job.source)
+    return next((p for p in ref.published if p.images == job.size), None) if ref is not None else None
+
+
+def natural_stage(cfg, job: PretrainJob) -> PretrainJob:
+    """The natural job a "both" job starts from: the published point `sweep.both_from`, else the study's own
+    natural pre-training at the same size."""
+    if cfg.sweep.both_from:
+        point = next(p for p in cfg.data.sources["natural"].published if p.name == cfg.sweep.both_from)
+        return PretrainJob(job.model, "natural", point.images, job.seed)
+    return replace(job, source="natural")

@@ -17,7 +17,7 @@ import math
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from scaling.ledger import ENDED
-from scaling.plan import FinetunePoint
+from scaling.plan import FinetunePoint, all_pretrain_sizes
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
 METRIC = "val_roc_auc"
@@ -37,7 +37,7 @@ class GridSpace:
 
     def __init__(self, cfg):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
-                        "pretrain_size": [0, *cfg.data.source_sizes], "budget": list(cfg.finetune.budgets),
+                        "pretrain_size": all_pretrain_sizes(cfg), "budget": list(cfg.finetune.budgets),
                         "shots": list(cfg.data.shots),
                         "sample": list(range(cfg.sweep.trials_per_cell)),
                         "target_subset": [0, *cfg.sweep.scratch_target_sizes]}

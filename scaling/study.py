@@ -108,6 +108,8 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     try:
         tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name)
         tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
+        tracker.log_metrics(tracker.parent_id, {f"leakage_{role}_{k}": v for role, counts in data.leakage.items()
+                                                for k, v in counts.items()}, step=0)
         _start_ray(address, study_dir / "logs")
         connected = True
         stops.install()
@@ -194,6 +196,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in ENDED for e in entries.values())
     summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
+    summary["leakage"] = data.leakage  # per source: near-duplicates of target val/test images, images removed
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _print_summary(summary, report, progress)
     if unfinished:

@@ -280,3 +280,18 @@ def write_image_folder(root: Path, layout: dict[str, list[str]]) -> Path:
             else:
                 write_text(path, "not an image\n")
     return root
+
+
+# ---------------------------------------------------------------------------------------------- Hugging Face cache
+
+def write_hub_cache(cache: Path, repo_id: str, state: dict) -> Path:
+    """A tensor file in the layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REV/FILE}."""
+    from safetensors.torch import save_file
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file(state, repo / "snapshots" / revision / "model.safetensors")
+    return repo / "snapshots" / revision / "model.safetensors"

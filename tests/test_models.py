@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
 from scaling import models
@@ -150,16 +151,6 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
         create_model("cpu", "w8", 2, pretrained=tmp_path / "absent.pt")
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, state: dict) -> None:
-    """The layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REVISION/FILE}."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    save_file(state, repo / "snapshots" / revision / "model.safetensors")
-
-
 def test_published_weights_load_from_the_hf_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tiny = rung("vit", "tiny")
@@ -168,7 +159,7 @@ def test_published_weights_load_from_the_hf_cache_offline(tmp_path, monkeypatch)
         create_model("vit", "tiny", 2, pretrained="hf", hf_cache=tmp_path)
     torch.manual_seed(0)
     source = create_model("vit", "tiny", 0)
-    _fake_hub_cache(tmp_path, tiny.hub_id, source.state_dict())
+    write_hub_cache(tmp_path, tiny.hub_id, source.state_dict())
     model = create_model("vit", "tiny", 2, pretrained="hf", hf_cache=tmp_path)
     _same_tensors(source.state_dict(), model.state_dict(), skip="head.")
     assert not model.get_classifier().weight.any()

@@ -2,12 +2,15 @@
 
     python -m scaling.data describe covidx --root /data/covidx --version 9B [--json]
     python -m scaling.data describe chexpert --root /data/CheXpert-v1.0 --option uncertainty=zeros
+    python -m scaling.data describe --config studies/configs/covidx_bit.yaml --source medical
     python -m scaling.data prepare covidx --root /data/covidx --resolution 480 --cache /scratch/cache
 
 `describe` parses the label files, checks that every listed image exists (without decoding any; pass
 `--option check_files=false` to skip that), and prints per split the image and patient counts and the images
 per class (for multilabel sets: the images where the class is positive); `--json` prints
-`scaling.data.base.describe` as JSON. `prepare` builds (or finds) the shard set of the dataset under the given
+`scaling.data.base.describe` as JSON. With `--config FILE --source ROLE` it describes a study's source (or
+`--source target`); for a merged source, one column per member shows what each contributes on the merged labels.
+`prepare` builds (or finds) the shard set of the dataset under the given
 preprocessing. Options beyond --root/--version go as repeated `--option key=value`, checked against the
 dataset's constructor. Bad input ends with one line on stderr and exit code 2.
 """
@@ -24,6 +27,7 @@ from typing import Any, Literal
 
 from scaling.data import registry
 from scaling.data.base import SPLITS, DataError, Dataset, describe
+from scaling.data.merged import MergedDataset
 
 EXIT_BAD_INPUT = 2
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -51,9 +55,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def dataset_command(name: str, help: str) -> argparse.ArgumentParser:
+    def dataset_command(name: str, help: str, optional: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("dataset", choices=registry.NAMES, metavar="DATASET",
+        sub.add_argument("dataset", choices=registry.NAMES, metavar="DATASET", nargs="?" if optional else None,
                          help=f"one of: {', '.join(registry.NAMES)}")
         sub.add_argument("--root", help="the dataset's folder (real datasets)")
         sub.add_argument("--version", help="dataset version (e.g. COVIDx 8A, 8B, 9A, 9B)")
@@ -62,8 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
                               "check_files=false)")
         return sub
 
-    describe_cmd = dataset_command("describe", "image and patient counts per split and class")
+    describe_cmd = dataset_command("describe", "image and patient counts per split and class", optional=True)
     describe_cmd.add_argument("--json", action="store_true", help="print scaling.data.base.describe as JSON")
+    describe_cmd.add_argument("--config", help="a study config: describe one of its sources instead of DATASET")
+    describe_cmd.add_argument("--source", default="medical", help="with --config: target, natural or medical "
+                                                                   "(default %(default)s)")
     describe_cmd.set_defaults(run=_run_describe)
 
     from scaling.data.preprocess import CROPS, ENCODINGS, STORAGES
@@ -157,7 +164,12 @@ def parse_option(hint: Any, text: str, flag: str) -> Any:
 # ---------------------------------------------------------------------------------------------- commands
 
 def _run_describe(args: argparse.Namespace) -> int:
-    dataset = dataset_from_args(args.dataset, args.root, args.version, args.option)
+    if (args.dataset is None) == (args.config is None):
+        raise ValueError("describe: give a DATASET or --config FILE --source ROLE")
+    dataset = _config_source(args.config, args.source) if args.config else \
+        dataset_from_args(args.dataset, args.root, args.version, args.option)
+    if isinstance(dataset, MergedDataset):
+        return _describe_merged(dataset, args)
     summary = describe(dataset)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -172,6 +184,35 @@ def _run_describe(args: argparse.Namespace) -> int:
     print(format_table(["", *splits], rows))
     if dataset.task.kind == "multilabel":
         print("(class rows: images where the finding is positive; uncertain and missing labels are not counted)")
+    return 0
+
+
+def _config_source(path: str, role: str) -> Dataset:
+    from scaling.config import has_own_data, load_config
+    from scaling.data.stage import open_source
+
+    cfg = load_config(path)
+    refs = {"target": cfg.data.target, **cfg.data.sources}
+    if role not in refs or not has_own_data(refs[role]):
+        raise ValueError(f"--source {role}: {path} has no such source with images; its sources: "
+                         f"{', '.join(r for r, ref in refs.items() if has_own_data(ref))}")
+    return open_source(f"data.sources.{role}", refs[role])
+
+
+def _describe_merged(dataset: MergedDataset, args: argparse.Namespace) -> int:
+    """One column per member and one for the merged set: images per split, patients, positives per label."""
+    parts = dataset.contributions()
+    if args.json:
+        print(json.dumps(parts, indent=2))
+        return 0
+    names = list(parts)
+    rows = [(f"{split} images", [parts[n]["images"][split] for n in names]) for split in SPLITS]
+    rows.append(("patients", [parts[n]["patients"] for n in names]))
+    rows += [(label, [parts[n]["classes"][label] for n in names]) for label in dataset.task.classes]
+    print(f"{dataset.name}: multilabel, {len(dataset.task.classes)} {dataset.labels} labels "
+          "(torchxrayvision's names)")
+    print(format_table(["", *names], rows))
+    print("(label rows: images where the finding is positive, over all splits)")
     return 0
 
 

@@ -72,6 +72,7 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     import ray.train.torch
     from scaling.data.shards import ShardDataset, ShardSet
     from scaling.data.subsets import balanced_sampler_weights
+    from scaling.train import memory
     from scaling.train.batches import StepBatches
     from scaling.train.optim import make_optimizer, make_scheduler
     from scaling.train.session import TrainSession
@@ -105,6 +106,11 @@ def train_loop(spec: JobSpec, session=None) -> dict:
             replica.scheduler.load_state_dict(saved["scheduler"])
         start = state["step"]
 
+    side = _crop_size(shards.preprocess.resolution)  # the memory preflight's pass: one replica, blank images
+    peak = memory.gpu_peak(_unwrap(replicas[0].model), task.kind, task.num_outputs, side, device, spec.bf16,
+                           _loss) if on_gpu else None
+    recipe, memory_metrics = memory.plan_micro_batches(recipe, world, rank, peak,
+                                                       memory.gpu_budget(device) if on_gpu else None)
     train_set = ShardDataset(shards, spec.train)
     val_set = ShardDataset(shards, spec.val).partition(rank, world)
     test_set = ShardDataset(shards, spec.test).partition(rank, world) if spec.test else None
@@ -135,7 +141,7 @@ def train_loop(spec: JobSpec, session=None) -> dict:
         clock["eval_seconds"] += time.perf_counter() - started
         if on_gpu:
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        metrics.update(spec.tags, **clock, start_step=start, reported_at=time.time())
+        metrics.update(spec.tags, **clock, **memory_metrics, start_step=start, reported_at=time.time())
         _report(session, metrics, replicas, step, rank, predictions)
         for r in replicas:
             r.model.train()
@@ -175,11 +181,13 @@ def _build_model(spec: JobSpec, num_outputs: int, resolution: int) -> torch.nn.M
     """The rung with a head for this task; from `spec.init` when given (its head is kept only when it fits,
     and always replaced by a zero-initialised one for fine-tuning, as BiT does)."""
     from scaling import models
+    from scaling.train import memory
 
     model = models.create_model(spec.ladder, spec.model, num_classes=num_outputs, pretrained=spec.init,
                                 img_size=_crop_size(resolution) if models.rung(spec.ladder, spec.model).patch else None)
     if spec.init is not None and spec.kind == "finetune":
         models.new_head(model, num_outputs, zero_init=True)
+    memory.apply_checkpointing(model, spec.recipe)
     return model
 
 

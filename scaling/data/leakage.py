@@ -1,0 +1,128 @@
+"""The leakage guard: a target's evaluation images must not be in any pre-training source, judged by content.
+
+Names do not tell: COVIDx's negatives are RSNA pneumonia-challenge images, i.e. NIH ChestX-ray14 images under
+other file names, and a PadChest target is inside a merged source that holds PadChest. So every stored image
+gets a difference hash (dHash: the image averaged down to `size` x `size`+1 cells, one bit per pair of
+horizontal neighbours, "is the right one brighter"), computed on the preprocessed shard pixels, so re-encoding,
+rescaling and small intensity changes of one image leave its hash within a few bits. Pairs of a target
+validation/test image and a source image whose hashes differ in at most `max_distance` bits are near-duplicates.
+
+Written here in numpy rather than with imagehash (not a dependency): imagehash hashes one PIL image at a time
+(a conversion to PIL and a PIL resize per image) and has no search, while the shard pixels are already decoded,
+same-sized arrays: the area averages of a whole batch are a reshape-sum and a `np.add.reduceat`, and the search
+is an XOR and `np.bitwise_count` over the packed hashes, blocked so that memory stays bounded
+(benchmarks/bench_leakage.py measures both at ImageNet-21k scale).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.data.base import DataError
+
+#: hash side: size x size bits; 16 -> 256-bit hashes (64-bit dHash confuses unrelated chest X-rays, which share
+#: their coarse layout)
+HASH_SIZE = 16
+#: images hashed per batch (bounds the float copy of one batch)
+HASH_BATCH = 256
+#: target x source hash pairs compared per block (bounds the buffers: ~11 bytes per pair)
+PAIRS_PER_BLOCK = 1 << 22
+
+
+def dhash(images: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
+    """Difference hashes of a batch of same-sized images, (n, H, W) or (n, H, W, 3) of any numeric dtype:
+    (n, size * size / 64) uint64. Colour is averaged to gray; the image is area-averaged to size x (size + 1)
+    cells (bins of near-equal width, so any H, W >= the cells work)."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images.mean(axis=3, dtype=np.float32)
+    if images.ndim != 3 or images.shape[1] < size or images.shape[2] < size + 1:
+        raise ValueError(f"expected images of shape (n, H, W[, 3]) with H >= {size} and W >= {size + 1}, "
+                         f"got {images.shape}")
+    if size * size % 64:
+        raise ValueError(f"hash size {size}: size * size must be a multiple of 64")
+    rows = np.linspace(0, images.shape[1], size + 1).astype(int)[:-1]
+    cols = np.linspace(0, images.shape[2], size + 2).astype(int)[:-1]
+    n, height = images.shape[:2]
+    if height % size == 0:  # equal bins: a reshape-sum, ~10x faster than reduceat
+        cells = images.reshape(n, size, height // size, -1).sum(axis=2, dtype=np.float32)
+    else:
+        cells = np.add.reduceat(images, rows, axis=1, dtype=np.float32)
+    cells = np.add.reduceat(cells, cols, axis=2)
+    cells /= np.outer(np.diff(np.r_[rows, images.shape[1]]), np.diff(np.r_[cols, images.shape[2]]))
+    bits = cells[:, :, 1:] > cells[:, :, :-1]
+    return np.packbits(bits.reshape(len(bits), -1), axis=1).view(np.uint64)
+
+
+def hash_shards(shards, size: int = HASH_SIZE) -> np.ndarray:
+    """dHashes of every row of a shard set, (rows, size * size / 64) uint64: computed once (decoded batch by
+    batch) and kept next to the shard set, whose content it is a function of, for the next study."""
+    from scaling.data.shards import ShardReader
+
+    cache = shards.path.parent / f"{shards.path.name}.dhash{size}.npy"
+    if cache.is_file():
+        hashes = np.load(cache)
+        if hashes.shape == (len(shards), size * size // 64):
+            return hashes
+    reader = ShardReader(shards)
+    rows = shards.records["index"].to_numpy()
+    hashes = np.empty((len(rows), size * size // 64), dtype=np.uint64)
+    for start in range(0, len(rows), HASH_BATCH):
+        hashes[start:start + HASH_BATCH] = dhash(reader.take(rows[start:start + HASH_BATCH]), size)
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial.npy")
+    np.save(partial, hashes)
+    os.replace(partial, cache)  # atomic: a concurrent study reads either no cache or a complete one
+    return hashes
+
+
+def near_duplicates(queries: np.ndarray, hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """(k, 3) int64 rows (query position, hash position, Hamming distance) of every pair within
+    `max_distance` bits, by blocked brute force: exact, and for a target's few thousand evaluation images
+    against ImageNet-21k about half an hour on one core (benchmarks/bench_leakage.py), less than hashing it."""
+    queries, hashes = np.atleast_2d(queries), np.atleast_2d(hashes)
+    columns = np.ascontiguousarray(hashes.T)  # word-major: each word's XOR streams over contiguous memory
+    found = []
+    block = max(1, PAIRS_PER_BLOCK // max(1, len(queries)))
+    for start in range(0, len(hashes), block):
+        distance = np.zeros((len(queries), min(block, len(hashes) - start)), dtype=np.uint16)
+        for word in range(columns.shape[0]):  # one word at a time: a uint8 count per pair, not a 3-D buffer
+            distance += np.bitwise_count(queries[:, word, None] ^ columns[word, None, start:start + block])
+        q, h = np.nonzero(distance <= max_distance)
+        found.append(np.stack([q, h + start, distance[q, h]], axis=1).astype(np.int64))
+    return np.concatenate(found) if found else np.empty((0, 3), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One near-duplicate: a target evaluation image and a source image, named by their files."""
+
+    target_file: str
+    source_file: str
+    source_row: int
+    distance: int
+
+
+def find_leaks(target_shards, target_rows, source_shards, source_rows, max_distance: int,
+               target_names, source_names) -> list[Leak]:
+    """Near-duplicates between the target's `target_rows` and the source's `source_rows` (shard rows);
+    `*_names(row) -> str` names an image's file for the report."""
+    target_rows, source_rows = np.asarray(target_rows, np.int64), np.asarray(source_rows, np.int64)
+    queries = hash_shards(target_shards)[target_rows]
+    hashes = hash_shards(source_shards)[source_rows]
+    pairs = near_duplicates(queries, hashes, max_distance)
+    return [Leak(target_names(int(target_rows[q])), source_names(int(source_rows[h])), int(source_rows[h]), int(d))
+            for q, h, d in pairs]
+
+
+class LeakageError(DataError):
+    """A target evaluation image is (nearly) an image of a pre-training source."""
+
+
+def leak_message(role: str, leaks: list[Leak], max_distance: int) -> str:
+    shown = "; ".join(f"{leak.target_file} ~ {leak.source_file} ({leak.distance} bits)" for leak in leaks[:5])
+    more = f"; and {len(leaks) - 5} more" if len(leaks) > 5 else ""
+    return (f"data.sources.{role}: {len(leaks)} near-duplicate(s) of the target's validation/test images "
+            f"(dHash within {max_distance} bits): {shown}{more}; remove them from the source, or set "
+            f"data.leakage.policy: remove to drop them automatically")
