@@ -142,8 +142,23 @@ def _start_ray(address: str | None, log_dir: Path) -> None:
         logger.handlers[:] = [handler]
         logger.propagate = False
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": TRAIN_ENV},
-             **({} if address else {"num_cpus": os.cpu_count()}))
+    context = ray.init(address=address, log_to_driver=False, configure_logging=False,
+                       runtime_env={"env_vars": TRAIN_ENV}, **({} if address else {"num_cpus": os.cpu_count()}))
+    _link_ray_logs(Path(context.address_info["session_dir"]) / "logs", log_dir)
+
+
+def _link_ray_logs(session_logs: Path, log_dir: Path) -> None:
+    """`<study>/logs/ray` points at this run's Ray session logs (worker, raylet and Train controller logs of the
+    driver's node). Ray keeps them under its temp dir, whose socket paths must stay short, so they are linked,
+    not moved; a resumed study's earlier session stays reachable as `ray-<session>`."""
+    link = log_dir / "ray"
+    if link.is_symlink() and link.resolve() != session_logs.resolve():
+        older = log_dir / f"ray-{link.resolve().parent.name}"
+        if not older.is_symlink():
+            older.symlink_to(link.resolve())
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(session_logs)
 
 
 def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, stops: _StopRequests) -> int:

@@ -62,9 +62,10 @@ def test_real_study_configs_validate_and_name_their_missing_roots(name):
     assert cfg.models.ladder == "bit" and cfg.resources.use_gpu
     with pytest.raises(DataError) as err:
         prepare_study_data(cfg)
-    assert cfg.data.target.options["root"] in str(err.value)
-    for ref in cfg.data.sources.values():
-        assert ref.options["root"] in str(err.value)
+    roots = [cfg.data.target.options["root"]] + [member.options["root"] for ref in cfg.data.sources.values()
+                                                 for member in (ref.merge or ([ref] if ref.dataset else []))]
+    assert len(roots) >= 3 and all(root in str(err.value) for root in roots)
+    assert "published weights missing" in str(err.value) and "download --config" in str(err.value)
 
 
 @pytest.mark.slow
@@ -95,6 +96,8 @@ def test_smoke_study_end_to_end(tmp_path):
     figures = list((out / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert "MLflow" in result.stdout
+    # Ray's session logs are reachable from the study: the driver node's raylet and every job's worker logs
+    assert (out / "logs" / "ray").is_symlink() and list((out / "logs" / "ray").glob("raylet*.out"))
 
     # trust outputs: calibration columns, per-trial predictions, saliency of the tuned trials, reliability diagrams
     assert table["test_ece_calibrated"].notna().all() and table["saliency_pointing"].between(0, 1).all()

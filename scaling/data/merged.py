@@ -61,9 +61,17 @@ class MergedDataset(Dataset):
 
     def records(self) -> pd.DataFrame:
         if self._records is None:
+            read, problems = {}, []  # every unreadable member at once, not one per run of the study
+            for name, member in self.members.items():
+                try:
+                    read[name] = member.records()
+                except DataError as e:
+                    problems.append(str(e))
+            if problems:
+                raise DataError("\n  ".join(problems))
             parts = []
             for name, member in self.members.items():
-                recs = member.records()
+                recs = read[name]
                 # where each merged class sits in the member's label vector (-1: the member lacks it)
                 columns = [next((i for i, c in enumerate(member.task.classes) if xrv_name(c) == label), -1)
                            for label in self.task.classes]

@@ -48,14 +48,14 @@ def prepare_study_data(cfg, log=print) -> StudyData:
     from scaling.config import has_own_data
 
     data = cfg.data
+    problems = []  # every missing weight and bad dataset reported at once
     try:
         weights = published.resolve(cfg)
     except models.ModelError as e:
-        raise DataError(str(e)) from None
+        weights, problems = {}, [str(e)]
     datasets = {"target": open_source("data.target", data.target)}
     datasets.update({role: open_source(f"data.sources.{role}", ref) for role, ref in data.sources.items()
                      if has_own_data(ref)})
-    problems = []
     for role, dataset in datasets.items():  # parse everything first, and report every bad dataset at once
         try:
             dataset.records()
