@@ -21,6 +21,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -95,11 +96,12 @@ def main() -> None:
     images = args.steps * args.batch_size
 
     ray.init(num_cpus=cpus, log_to_driver=False, runtime_env={"env_vars": TRAIN_ENV})  # as a study runs its jobs
+    torch.set_num_threads(cpus)
+    run_local(replace(spec, recipe=replace(recipe, steps=5, eval_every=5)), name="warm-up", storage_path=work)
     rows = []  # label, img/s, first job's start s, fixed s per later job, teardown s, wall s per job, pids
     for label, workers in (("plain", 0), ("ray-1", 1), ("ray-2", 2)):
         started = time.time()
-        if workers == 0:
-            torch.set_num_threads(cpus)
+        if workers == 0:  # after a warm-up job, so that first-use costs of torch do not count against it
             result = run_local(spec, name=label, storage_path=work)
         else:
             result = run_job(spec, name=label, storage_path=work,
