@@ -71,6 +71,7 @@ def main() -> None:
     from scaling.tracking import StudyTracker
 
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    os.chdir(work)  # MLflow puts a SQLite store's artifacts under ./mlruns
     budgets = "[" + ", ".join(map(str, args.budgets)) + "]"
     cfg = load_config(SMOKE, ["sweep.sources=[scratch]", f"finetune.budgets={budgets}",
                               f"sweep.trials_per_cell={args.samples}", f"data.cache_dir={work / 'cache'}"])
