@@ -104,7 +104,8 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     uri = tracking_uri or cfg.tracking.uri or server.uri
     connected = False
     try:
-        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name)
+        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name,
+                                        ui=tracking.REOPEN_UI if server else None)
         tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
         _start_ray(address, study_dir / "logs")
         connected = True
@@ -184,7 +185,9 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     paths = write_table(table, study_dir)
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
     report = analyse(table, study_dir, cfg.seed, progress.say)
-    tracker.log_files(paths + [study_dir / "fits.json"])
+    report["dashboard"] = _write_dashboard(study_dir, tracker)
+    tracker.log_files([p for p in [*paths, *(study_dir / n for n in ("fits.json", "findings.json", "dashboard.html"))]
+                       if p.exists()])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in sweep.ENDED for e in entries.values())
     summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
@@ -195,6 +198,14 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
                      "to retry them")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _write_dashboard(study_dir: Path, tracker) -> str:
+    """The run ids the dashboard links to, then the dashboard itself."""
+    import dashboards
+
+    (study_dir / "mlflow_runs.json").write_text(json.dumps(tracker.run_index(), indent=1))
+    return str(dashboards.build(study_dir))
 
 
 def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrain: dict, trials: dict) -> dict:
@@ -213,11 +224,12 @@ def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrai
         "overhead_seconds_per_job": round((job_wall - busy) / len(jobs), 1) if jobs else None,
         "fits": report["fits"], "figures": report["figures"],
         "results": str(study_dir / "results.parquet"),
+        "dashboard": report["dashboard"],
     }
 
 
 def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
-    from scaling.analysis import describe_fits
+    from scaling.analysis import describe_fits, describe_transfer, findings_table
 
     if "table" in report:
         table = report["table"].to_string(index=False, float_format="%.3f")
@@ -225,8 +237,15 @@ def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
     if summary["fits"]:
         progress.say("fitted laws of test error (1 - AUC) against pre-training images, 95% intervals:\n  "
                      + "\n  ".join(describe_fits(summary["fits"])))
+    if report.get("effective_data"):
+        progress.say("effective data transferred D_T (target images a scratch model would need beyond the "
+                     "fine-tuned one's), 95% intervals:\n  " + "\n  ".join(describe_transfer(report["effective_data"])))
+    if report.get("findings"):
+        table = findings_table(report["findings"]).to_string(index=False, max_colwidth=80)
+        progress.say(f"findings (paired bootstrap of test AUC differences):\n{table}")
     if summary["jobs_timed"]:
         progress.say(f"time: {summary['wall_seconds']:.0f} s for training stages; train+eval steps "
                      f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
                      f"about {summary['overhead_seconds_per_job']} s overhead per job")
-    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, figures/, summary.json)")
+    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, findings.json, figures/, "
+                 f"summary.json)\ndashboard: {summary['dashboard']}")
