@@ -75,7 +75,7 @@ def transfer_view(results: pd.DataFrame, fits: dict) -> dict | None:
     data = pd.concat([seeds[keep], means, scratch, _curves(fits)], ignore_index=True)
     colour = _colour(points["source"].unique())
     x = alt.X("x:Q", scale=alt.Scale(type="log"), title="pre-training images")
-    y = alt.Y("y:Q", scale=alt.Scale(type="log", zero=False), title=ERROR)
+    y = alt.Y("y:Q", scale=alt.Scale(type="log"), title=ERROR)
     kind = lambda k: f"datum.kind == '{k}'"  # noqa: E731
     base = alt.Chart().transform_filter(_where())
     layers = [
@@ -107,7 +107,7 @@ def model_view(results: pd.DataFrame) -> dict | None:
     best = best_per_cell(results)
     colour = _colour(trials["source"].unique())
     x = alt.X("params:Q", scale=alt.Scale(type="log"), title="model parameters")
-    y = alt.Y("test_error:Q", scale=alt.Scale(type="log", zero=False), title=ERROR)
+    y = alt.Y("test_error:Q", scale=alt.Scale(type="log"), title=ERROR)
     hover = ["trial:N", "source:N", "model:N", "pretrain_size:Q", "budget:Q", "shots:Q",
              alt.Tooltip("lr:Q", format=".3g"), alt.Tooltip("weight_decay:Q", format=".2g"),
              alt.Tooltip("test_roc_auc:Q", format=".3f")]

@@ -13,6 +13,7 @@ import json
 from altair.utils._importers import vl_version_for_vl_convert
 
 SCRIPT = r"""
+(() => {  // its own scope: the Vega bundle defines globals of its own
 const D = JSON.parse(document.getElementById('dashboard-data').textContent);
 const FILTERS = ['source', 'model', 'budget', 'shots'];
 const state = {source: null, model: null, budget: null, shots: null};
@@ -25,7 +26,8 @@ function matches(row, skip) {
 }
 function cell(v, digits) {
   if (v === null || v === undefined || (typeof v === 'number' && isNaN(v))) return '';
-  return typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(digits) : String(v);
+  if (typeof v !== 'number' || Number.isInteger(v)) return String(v);
+  return Math.abs(v) < 0.01 ? v.toPrecision(2) : v.toFixed(digits);
 }
 function renderTrials() {
   const body = document.querySelector('#trials tbody');
@@ -82,7 +84,7 @@ async function main() {
     const select = document.getElementById('filter-' + f);
     for (const v of D.options[f]) {
       const o = document.createElement('option'); o.value = JSON.stringify(v);
-      o.textContent = f === 'shots' && v === 0 ? 'all' : String(v); select.appendChild(o);
+      o.textContent = f === 'shots' && v === 0 ? '0 (every target image)' : String(v); select.appendChild(o);
     }
     select.addEventListener('change', applyFilters);
   }
@@ -97,6 +99,7 @@ async function main() {
   document.body.dataset.ready = 'true';
 }
 main().catch(e => { console.error(e); document.body.dataset.ready = 'error'; });
+})();
 """
 
 STYLE = """

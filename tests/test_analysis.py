@@ -128,4 +128,5 @@ def test_figures_share_one_colour_per_source_and_order_panels_by_model_size():
                            ["source", "model"], colours=colours, n_boot=20)
     for fig in (curves, laws):
         drawn = _colours(fig)
-        assert drawn["medical"] == SOURCE_COLOURS["medical"] and drawn["natural"] == SOURCE_COLOURS["natural"]
+        assert drawn["medical"] == SOURCE_COLOURS["medical"].lower()
+        assert drawn["natural"] == SOURCE_COLOURS["natural"].lower()
