@@ -14,6 +14,7 @@ from dashboards import charts
 from dashboards.data import Study, StudyDirError, load_study
 from dashboards.page import render
 from scaling.analysis.grid import model_order
+from scaling.tracking import REOPEN_UI, TrackingServer
 
 DASHBOARD = "dashboard.html"
 HYPER = ("lr", "weight_decay", "sample")
@@ -62,9 +63,9 @@ def _provenance(study: Study) -> str:
     packages = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in version.items() if k.startswith("version."))
     mlflow = study.runs.get("parent_link")
     db = study.path / "mlflow.db"
-    reopen = (f"reopen the study's MLflow store with <code>mlflow ui --backend-store-uri sqlite:///{html.escape(str(db))} "
-              f"--artifacts-destination {html.escape((study.path / 'mlartifacts').as_uri())}</code> (port 5000, "
-              f"which the links use)") if db.exists() else ""
+    command = TrackingServer(study.path, study.path / "logs", port=int(REOPEN_UI.rsplit(":", 1)[1])).reopen_command()
+    reopen = f"reopen the study's MLflow store (the links' address) with <code>{html.escape(command)}</code>" \
+        if db.exists() else ""
     ended = study.results[study.results["status"] != "finished"] if len(study.results) else study.results
     if len(ended):
         cols = [c for c in ("trial", "status", "source", "model", "pretrain_size", "budget", "shots") if c in ended]

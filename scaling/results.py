@@ -39,7 +39,8 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done
-    cell = ["model", "source", "pretrain_size", "budget", "shots"] + (["target_size"] if "target_size" in table else [])
+    cell = ["model", "source", "pretrain_size", "budget", "shots"]
+    cell += ["target_size"] if "target_size" in table else []
     best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
     return best.sort_values(cell).reset_index(drop=True)
 
