@@ -41,7 +41,8 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done
-    cell = ["model", "source", "pretrain_size", "budget", "shots", "target_subset"]
+    cell = ["model", "source", "pretrain_size", "budget", "shots"]
+    cell += ["target_size"] if "target_size" in table else []  # scratch at several target sizes
     best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
     return best.sort_values(cell).reset_index(drop=True)
 

@@ -106,7 +106,8 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     uri = tracking_uri or cfg.tracking.uri or server.uri
     connected = False
     try:
-        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name)
+        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name,
+                                        ui=tracking.REOPEN_UI if server else None)
         tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
         tracker.log_metrics(tracker.parent_id, {f"leakage_{role}_{k}": v for role, counts in data.leakage.items()
                                                 for k, v in counts.items()}, step=0)
@@ -207,7 +208,9 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
     report = analyse(table, study_dir, cfg.seed, progress.say)
     report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker, progress)
-    tracker.log_files(paths + [study_dir / "fits.json"])
+    report["dashboard"] = _write_dashboard(study_dir, tracker)
+    tracker.log_files([p for p in [*paths, *(study_dir / n for n in ("fits.json", "findings.json", "dashboard.html"))]
+                       if p.exists()])
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
     unfinished = len(points) - sum(e["status"] in ENDED for e in entries.values())
     summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
@@ -249,6 +252,14 @@ def _trust_figures(table, study_dir: Path, seed: int, tracker, progress: Progres
     return [str(p) for p in figures]
 
 
+def _write_dashboard(study_dir: Path, tracker) -> str:
+    """The run ids the dashboard links to, then the dashboard itself."""
+    import dashboards
+
+    (study_dir / "mlflow_runs.json").write_text(json.dumps(tracker.run_index(), indent=1))
+    return str(dashboards.build(study_dir))
+
+
 def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrain: dict, trials: dict) -> dict:
     """What ran, where it went, and how much of the training stages' wall time (first job start to last job
     end, over every attempt of a resumed study) went into training and evaluation steps."""
@@ -265,11 +276,12 @@ def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrai
         "overhead_seconds_per_job": round((job_wall - busy) / len(jobs), 1) if jobs else None,
         "fits": report["fits"], "figures": report["figures"],
         "results": str(study_dir / "results.parquet"),
+        "dashboard": report["dashboard"],
     }
 
 
 def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
-    from scaling.analysis import describe_fits
+    from scaling.analysis import describe_fits, describe_transfer, findings_table
 
     if "table" in report:
         table = report["table"].to_string(index=False, float_format="%.3f")
@@ -277,8 +289,15 @@ def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
     if summary["fits"]:
         progress.say("fitted laws of test error (1 - AUC) against pre-training images, 95% intervals:\n  "
                      + "\n  ".join(describe_fits(summary["fits"])))
+    if report.get("effective_data"):
+        progress.say("effective data transferred D_T (target images a scratch model would need beyond the "
+                     "fine-tuned one's), 95% intervals:\n  " + "\n  ".join(describe_transfer(report["effective_data"])))
+    if report.get("findings"):
+        table = findings_table(report["findings"]).to_string(index=False, max_colwidth=80)
+        progress.say(f"findings (paired bootstrap of test AUC differences):\n{table}")
     if summary["jobs_timed"]:
         progress.say(f"time: {summary['wall_seconds']:.0f} s for training stages; train+eval steps "
                      f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
                      f"about {summary['overhead_seconds_per_job']} s overhead per job")
-    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, figures/, summary.json)")
+    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, findings.json, figures/, "
+                 f"summary.json)\ndashboard: {summary['dashboard']}")

@@ -20,7 +20,19 @@ from pathlib import Path
 STUDY_TAG = "scaling.study"
 JOB_TAG = "scaling.job"
 KIND_TAG = "scaling.kind"
+#: where `TrackingServer.reopen_command` serves a finished study's runs: the links of its dashboard
+REOPEN_UI = "http://127.0.0.1:5000"
 PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scaling")
+#: opens the experiment in MLflow's model-training view (runs table, charts); untagged, MLflow 3.17 shows its
+#: GenAI view ("Traces: 0")
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+#: Tune's own entries in every result (ray.tune.result.AUTO_RESULT_KEYS and its trial bookkeeping), spelled out
+#: so that this module needs no Ray: a child run carries only the study's metrics
+TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp", "date", "pid",
+    "hostname", "node_ip", "done", "trial_id", "experiment_tag", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "episodes_total", "episodes_this_iter", "should_checkpoint",
+    "checkpoint_dir_name", "config"})
 
 
 class TrackingServer:
@@ -91,7 +103,8 @@ class TrackingServer:
         self.pid_path.unlink(missing_ok=True)
 
     def reopen_command(self) -> str:
-        return f"mlflow ui --backend-store-uri sqlite:///{self.db} --artifacts-destination {self.artifacts.as_uri()}"
+        return (f"mlflow ui --port {REOPEN_UI.rsplit(':', 1)[1]} --backend-store-uri sqlite:///{self.db} "
+                f"--artifacts-destination {self.artifacts.as_uri()}")
 
 
 def _free_port() -> int:
@@ -121,13 +134,17 @@ def code_version(root: Path) -> dict[str, str]:
 class StudyTracker:
     """The study's parent run and its children, found again by tags when a study resumes."""
 
-    def __init__(self, uri: str, experiment: str, study: str):
+    def __init__(self, uri: str, experiment: str, study: str, ui: str | None = None):
+        """``ui``: where a reader browses these runs later (default: the tracking URI)."""
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
-        self.uri, self.study = uri, study
+        self.uri, self.study, self.ui = uri, study, ui or uri
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        for key, value in EXPERIMENT_KIND.items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
+        self.version: dict[str, str] = {}
         self.parent_id = self._find_or_create({STUDY_TAG: study, KIND_TAG: "study"}, run_name=study)
         self._children: dict[str, str] = {}
 
@@ -148,6 +165,7 @@ class StudyTracker:
         params = {k: _short(v) for k, v in _flatten(config).items()}
         existing = self.client.get_run(self.parent_id).data.params
         self._log_params(self.parent_id, {k: v for k, v in params.items() if k not in existing})
+        self.version = version
         for k, v in version.items():
             self.client.set_tag(self.parent_id, k, v)
         self.client.log_dict(self.parent_id, config, "study_config.json")
@@ -167,7 +185,7 @@ class StudyTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                 if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -190,6 +208,19 @@ class StudyTracker:
     def log_files(self, paths: list[Path], artifact_path: str | None = None) -> None:
         for path in paths:
             self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def run_index(self) -> dict:
+        """The study's runs for the dashboard: run id per job (found by tags, as a resume finds them), a link to
+        each in the MLflow UI, and the code version the study ran."""
+        ui = self.ui
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{self.study}'",
+                                       max_results=50_000)
+        jobs = {r.data.tags[JOB_TAG]: r.info.run_id for r in runs if JOB_TAG in r.data.tags}
+        link = f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
+        return {"tracking_uri": self.uri, "ui": ui, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_id, "parent_link": link + self.parent_id,
+                "runs": {job: {"run_id": rid, "link": link + rid} for job, rid in sorted(jobs.items())},
+                "version": self.version}
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)

@@ -69,12 +69,8 @@ def test_real_study_configs_validate_and_name_their_missing_roots(name):
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path):
-    out = tmp_path / "smoke"
-    # the cluster path (a TorchTrainer with a Train worker per job); the resume test below runs the default's
-    # path (each job in its Tune trial's process)
-    result = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "resources.num_workers=1",
-                   cache=tmp_path / "cache")
+def test_smoke_study_end_to_end(smoke_study):
+    out, result = smoke_study
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_parquet(out / "results.parquet")
@@ -90,6 +86,14 @@ def test_smoke_study_end_to_end(tmp_path):
     assert sorted(children["kind"]) == ["finetune", "finetune", "pretrain"]
     assert (children["parent"] == parent["run_uuid"].item()).all()
     assert (children["status"] == "FINISHED").all()
+    with sqlite3.connect(out / "mlflow.db") as con:
+        kind = con.execute("select value from experiment_tags where key = 'mlflow.experimentKind'").fetchall()
+        metrics = {k for (k,) in con.execute("select distinct key from metrics")}
+    assert kind == [("custom_model_development",)]  # MLflow opens the model-training view, not GenAI's
+    assert "test_roc_auc" in metrics and not metrics & {"pid", "timestamp", "time_this_iter_s", "training_iteration"}
+    artifacts = {p.name for p in (out / "mlartifacts").rglob("*") if p.is_file()}
+    assert {"findings.json", "fits.json", "dashboard.html"} <= artifacts
+    assert f"dashboard: {out / 'dashboard.html'}" in result.stdout and "findings" in result.stdout
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"] == 2

@@ -44,6 +44,12 @@ Transfer
 :func:`transfer_table` does this for a whole results DataFrame (one scratch law per model size) and
 :func:`fit_transfer` fits ``D_T = k·D_F^alpha·N^beta``.
 
+Comparisons
+-----------
+:mod:`scaling.laws.compare`: a contrast of runs' mean ROC-AUCs (``[+1, -1]``: a gain) with a 95% paired bootstrap
+interval, over seeds and test images from per-image scores (``contrast_images``), or over seeds alone from
+per-seed AUCs (``contrast_seeds``); ``verdict`` reads it as supported / contradicted / inconclusive.
+
 Figures (``scaling.laws.plots``, imported on first use)
 -------------------------------------------------------
 All take a results DataFrame and column names, return a matplotlib ``Figure``; :func:`save_figure` writes

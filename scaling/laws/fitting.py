@@ -8,7 +8,8 @@ bad runs cannot drag the curve. Each form proposes a grid of starting points (mo
 fitting the rest, because a law's use is extrapolation and the in-sample fit rewards flexibility instead; it
 skips the opening transient of dense learning curves and leaves the saturating law only for a rival that is
 clearly better there (both rules measured on the public benchmark, see the constants below). Intervals come from
-a residual bootstrap (resampled log residuals, inflated for the degrees of freedom used), computed on first use.
+a residual bootstrap (resampled log residuals, inflated for the degrees of freedom used), computed on first use,
+widened about the estimate by t/z for the few points a law has (see :meth:`Fit.intervals`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from functools import cached_property
 from typing import Any, Union
 
 import numpy as np
+from scipy import stats
 from scipy.optimize import least_squares
 
 from .forms import FORMS, Data, Form
@@ -273,12 +275,31 @@ class Fit:
             raise FitError(f"bootstrap of form {self.form!r}: only {len(draws)} of {self.n_boot} refits finite")
         return np.array(draws)
 
+    def _widening(self, level: float) -> float:
+        """t over z quantile for the residual degrees of freedom. Percentile intervals of a bootstrap from a dozen
+        points are too narrow: E + A·x^-α, 12 points over 3 decades, 2% noise, 80 random laws covered
+        E/A/α in 86/93/91% at 95%; widened by t_{n-p}/z, 94/96/97%."""
+        df = max(len(self.y) - int(self._problem.free.sum()), 1)
+        q = (1 + level) / 2
+        return float(stats.t.ppf(q, df) / stats.norm.ppf(q))
+
     def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        """Bootstrap percentile intervals of the parameters at ``level``."""
+        """Bootstrap percentile intervals of the parameters at ``level``, widened about the estimate by
+        :meth:`_widening` (on the log scale for amplitudes), within the parameters' bounds."""
         _check_level(level)
-        public = FORMS[self.form].to_public(self._draws, self._problem.log_ref)
+        form = FORMS[self.form]
+        public = form.to_public(self._draws, self._problem.log_ref)
+        centre = form.to_public(self._theta, self._problem.log_ref)
+        logs = list(form.log_params)
+        public[:, logs], centre[logs] = np.log(public[:, logs]), np.log(centre[logs])
         q = np.quantile(public, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        return {name: (float(q[0, i]), float(q[1, i])) for i, name in enumerate(FORMS[self.form].params)}
+        q = centre + self._widening(level) * (q - centre)
+        q[:, logs] = np.exp(q[:, logs])
+        # parameters stored as they are published (E, exponents) keep the bounds the fit had
+        plain = [i for i in range(form.n_params) if i not in logs and i not in {a for a, *_ in form.scaled}
+                 and i not in {b for b, _ in form.breaks} and i not in {r for r, _ in form.rate_changes}]
+        q[:, plain] = np.clip(q[:, plain], self._problem.lo[plain], self._problem.hi[plain])
+        return {name: (float(q[0, i]), float(q[1, i])) for i, name in enumerate(form.params)}
 
     @cached_property
     def ci(self) -> dict[str, tuple[float, float]]:
@@ -292,6 +313,8 @@ class Fit:
         u = self._u(x)
         form = FORMS[self.form]
         curves = np.array([form.log_predict(theta, u) for theta in self._draws])
+        centre = form.log_predict(self._theta, u)
+        curves = centre + self._widening(level) * (curves - centre)
         if noise:
             r = self.residuals
             rng = np.random.default_rng(self.seed + 1)
@@ -453,6 +476,8 @@ def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str]
         arrays, ys = (arrays[0][keep],), ys[keep]
     if x_min is None and form == "auto" and len(arrays) == 1:
         x_min = transient_end(arrays[0])
+        if x_min is not None and np.ptp(ys[arrays[0] >= x_min]) == 0:
+            x_min = None  # the curve fell and then plateaued: the fall is the signal, not a transient to skip
     if x_min is not None:
         keep = arrays[0] >= x_min
         arrays, ys = (arrays[0][keep],), ys[keep]

@@ -129,20 +129,25 @@ def _used(law: Fit, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 def plot_fits(results: Any, x: str, y: str, group_by: Sequence[str] = (), *,
               fits: Mapping[GroupKey, Fit | FitError] | None = None, extrapolate_to: float | None = None,
-              level: float = 0.95, xlabel: str | None = None, ylabel: str | None = None, **fit_kwargs: Any
-              ) -> Figure:
+              level: float = 0.95, xlabel: str | None = None, ylabel: str | None = None,
+              colours: Mapping[Any, str] | None = None, **fit_kwargs: Any) -> Figure:
     """Log-log plot of ``y`` against ``x`` per group: the points (hollow where the fit left them out), the
     fitted law (dashed beyond the data, up to ``extrapolate_to``), its bootstrap band at ``level`` and, in the
     legend, the form and exponents with their 95% intervals. ``fits`` reuses fits from :func:`fit_groups`;
-    otherwise the groups are fitted here with ``fit_kwargs``."""
+    otherwise the groups are fitted here with ``fit_kwargs``. ``colours`` maps values of the first ``group_by``
+    column to colours (one colour per source in every figure); the other columns then pick the marker."""
     _columns(results, x, y, *group_by)
     if fits is None:
         fits = fit_groups(results, x, y, group_by, **fit_kwargs)
     groups = _groups(results, group_by)
     with paper_style():
         fig, (ax,) = _figure(legend_rows=len(groups) + 1)
+        rests = sorted({key[1:] for key, _ in groups}, key=str)
         for i, (key, part) in enumerate(groups):
-            colour, marker = PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE)) % len(MARKERS)]
+            if colours is not None:
+                colour, marker = colours[key[0]], MARKERS[rests.index(key[1:]) % len(MARKERS)]
+            else:
+                colour, marker = PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE)) % len(MARKERS)]
             xs, ys = part[x].to_numpy(dtype=float), part[y].to_numpy(dtype=float)
             law = fits.get(key)
             label = ", ".join(_fmt(v) for v in key) if group_by else y
@@ -170,12 +175,17 @@ def plot_fits(results: Any, x: str, y: str, group_by: Sequence[str] = (), *,
 
 def plot_transfer(results: Any, *, x: str = "pretrain_size", y: str = "test_error", source: str = "source",
                   scratch: str = "scratch", facet: str | None = None, form: str | None = "auto",
-                  xlabel: str | None = None, ylabel: str | None = None, **fit_kwargs: Any) -> Figure:
+                  xlabel: str | None = None, ylabel: str | None = None, colours: Mapping[Any, str] | None = None,
+                  facet_order: Sequence[Any] | None = None, **fit_kwargs: Any) -> Figure:
     """Target error against pre-training data size, one colour per source: means over seeds with their spread,
     a law fitted per source (``form``; None draws none), and the from-scratch level as a horizontal line with a
-    band over its runs. ``facet`` makes one panel per value of that column (e.g. model size or budget)."""
+    band over its runs. ``facet`` makes one panel per value of that column (e.g. model size or budget), in
+    ``facet_order`` if given (model names by parameter count, not by name); ``colours`` maps sources to colours."""
     _columns(results, x, y, source, facet)
     panels = _groups(results, [facet] if facet else [])
+    if facet_order is not None:
+        rank = {v: i for i, v in enumerate(facet_order)}
+        panels.sort(key=lambda item: rank.get(item[0][0], len(rank)))
     sources = sorted(s for s in results[source].unique() if s != scratch)
     with paper_style():
         fig, axes = _figure(ncols=len(panels), legend_rows=len(sources) + 1)
@@ -188,7 +198,8 @@ def plot_transfer(results: Any, *, x: str = "pretrain_size", y: str = "test_erro
                 part = panel[panel[source] == name]
                 if part.empty:
                     continue
-                colour, marker = PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
+                colour = colours[name] if colours is not None else PALETTE[i % len(PALETTE)]
+                marker = MARKERS[i % len(MARKERS)]
                 stats = part.groupby(x)[y].agg(["mean", "min", "max"]).reset_index()
                 xs = stats[x].to_numpy(dtype=float)
                 mean = stats["mean"].to_numpy()
@@ -215,7 +226,7 @@ def plot_transfer(results: Any, *, x: str = "pretrain_size", y: str = "test_erro
 
 def plot_effective_data(table: Any, *, x: str = "budget", transferred: str = "transferred",
                         source: str = "source", model: str = "params", fit_law: bool = True,
-                        xlabel: str | None = None) -> Figure:
+                        xlabel: str | None = None, colours: Mapping[Any, str] | None = None) -> Figure:
     """Effective data transferred ``D_T`` against fine-tuning size or budget ``D_F`` (``x``), colour per
     source, marker per model size, from :func:`scaling.laws.transfer.transfer_table`. With ``fit_law`` each
     source gets ``D_T = k·D_F^α·N^β`` drawn per model size, exponents in the legend. Points with ``D_T <= 0``
@@ -228,7 +239,7 @@ def plot_effective_data(table: Any, *, x: str = "budget", transferred: str = "tr
     with paper_style():
         fig, (ax,) = _figure(legend_rows=len(sources) + len(sizes))
         for i, name in enumerate(sources):
-            colour = PALETTE[i % len(PALETTE)]
+            colour = colours[name] if colours is not None else PALETTE[i % len(PALETTE)]
             rows = (table[source] == name).to_numpy()
             label = str(name)
             if fit_law and (rows & drawable).sum() >= 4:

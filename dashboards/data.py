@@ -1,0 +1,53 @@
+"""What a study directory holds for its dashboard: results, laws, findings, MLflow runs and provenance."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+RUN_INDEX = "mlflow_runs.json"
+
+
+class StudyDirError(ValueError):
+    """A directory that is not a finished study's."""
+
+
+@dataclass
+class Study:
+    path: Path
+    results: pd.DataFrame
+    fits: dict = field(default_factory=dict)
+    findings: dict | None = None
+    runs: dict = field(default_factory=dict)
+    config: str = ""
+    stamp: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.stamp.get("name", self.path.name)
+
+    def when(self) -> str:
+        created = self.stamp.get("created")
+        made = (self.path / "results.parquet").stat().st_mtime
+        fmt = "%Y-%m-%d %H:%M UTC"
+        started = time.strftime(fmt, time.gmtime(created)) if created else "unknown"
+        return f"started {started}, results written {time.strftime(fmt, time.gmtime(made))}"
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_study(path: Path) -> Study:
+    path = Path(path)
+    results = path / "results.parquet"
+    if not results.exists():
+        raise StudyDirError(f"{path} holds no results.parquet: not a study directory, or its study has not "
+                            f"reached the results stage (run the study, then build again)")
+    return Study(path=path, results=pd.read_parquet(results), fits=_json(path / "fits.json") or {},
+                 findings=_json(path / "findings.json"), runs=_json(path / RUN_INDEX) or {},
+                 config=(path / "config.yaml").read_text() if (path / "config.yaml").exists() else "",
+                 stamp=_json(path / "study.json") or {})

@@ -1,0 +1,124 @@
+"""Laws of test error along every axis a study's grid has, each also scored on its held-out largest x.
+
+Axes: pre-training images per (source, model, budget, shots); model parameters per (source, pre-training
+size, budget, shots) and the joint law ``E + A/N^α + B/D^β`` per (source, budget, shots); fine-tuning budget
+and shots per the other axes. A law along an axis needs ``MIN_VALUES`` distinct values of it (two for
+pre-training images, the axis of the seed question); an axis with fewer is reported as absent.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scaling.analysis.grid import MIN_VALUES, SCRATCH, plain
+from scaling.laws import FitError, fit
+
+#: axis -> (the column along which it runs, the columns that define one curve, fewest distinct x)
+AXES = {
+    "pretrain_size": ("pretrain_size", ["source", "model", "budget", "shots"], 2),
+    "params": ("params", ["source", "pretrain_size", "budget", "shots"], MIN_VALUES),
+    "budget": ("budget", ["source", "model", "pretrain_size", "shots"], MIN_VALUES),
+    "shots": ("shots", ["source", "model", "pretrain_size", "budget"], MIN_VALUES),
+}
+CURVE_POINTS = 40
+EXTRAPOLATE = 10.0  # curves are drawn this factor beyond the largest x (dashed)
+
+
+def fit_curve(x: np.ndarray, y: np.ndarray, seed: int):
+    """The form chosen by held-out extrapolation where there are enough points, else the plain power law."""
+    try:
+        return fit(x, y, form="auto", seed=seed)
+    except FitError:
+        return fit(x, y, form="power", seed=seed)
+
+
+def heldout(x, y, form: str, seed: int) -> dict:
+    """The law refitted without the points at its largest x, scored there (RMSE of log y)."""
+    key = "D" if isinstance(x, dict) else None
+    along = x[key] if key else x
+    top = along.max()
+    keep = along < top
+    try:
+        part = {k: v[keep] for k, v in x.items()} if key else x[keep]
+        law = fit(part, y[keep], form=form, seed=seed, n_boot=2)
+        held = {k: v[~keep] for k, v in x.items()} if key else x[~keep]
+        r = np.log(y[~keep]) - np.log(law.predict(held))
+        return {"x": float(top), "rmse_log": float(np.sqrt(np.mean(r ** 2)))}
+    except FitError as e:
+        return {"x": float(top), "error": str(e)}
+
+
+def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+    grid = np.geomspace(x.min(), EXTRAPOLATE * x.max(), CURVE_POINTS)
+    low, high = law.predict_interval(grid)
+    return {"form": law.form, "formula": law.formula, "params": law.params,
+            "ci": {k: list(v) for k, v in law.ci.items()}, "rmse_log": law.rmse, "n_points": int(len(y)),
+            "heldout": heldout(x, y, law.form, seed),
+            "curve": {"x": grid.tolist(), "y": law.predict(grid).tolist(), "low": low.tolist(),
+                      "high": high.tolist(), "data_max": float(x.max())}}
+
+
+def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], str | None]:
+    """The laws along one axis, or none and why the grid does not have that axis."""
+    column, keys, fewest = AXES[axis]
+    keys = keys + (["target_size"] if "target_size" in points else [])  # a curve holds every other axis fixed
+    rows = points[points["source"] != SCRATCH] if axis == "pretrain_size" else points
+    if axis == "shots":
+        rows = rows[rows["shots"] > 0]  # 0 means every target image, not a point on the shots axis
+    if rows.empty or rows[column].nunique() < fewest:
+        return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s); a law needs {fewest}"
+    level = ["model", "budget", "shots"] + (["target_size"] if "target_size" in points else [])
+    scratch = points[points["source"] == SCRATCH].groupby(level)["test_error"].mean()
+    fits = []
+    for key, part in rows.groupby(keys):
+        if part[column].nunique() < fewest:
+            continue
+        entry = {"axis": axis, **{k: plain(v) for k, v in zip(keys, key)},
+                 "x": sorted(map(plain, part[column].unique()))}
+        if axis == "pretrain_size":
+            entry["scratch_error"] = plain(scratch.get(tuple(entry[k] for k in level)))
+        x, y = part[column].to_numpy(float), part["test_error"].to_numpy(float)
+        try:
+            entry.update(_law_entry(fit_curve(x, y, seed), x, y, seed))
+        except FitError as e:
+            entry["error"] = str(e)
+        fits.append(entry)
+    return fits, None if fits else f"no curve has {fewest} distinct {column} values"
+
+
+def joint_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
+    """``E + A/N^α + B/D^β`` per (source, budget, shots) where the grid has >= 3 model and pre-training sizes."""
+    rows = points[points["source"] != SCRATCH]
+    keys = ["source", "budget", "shots"] + (["target_size"] if "target_size" in points else [])
+    fits = []
+    for key, part in rows.groupby(keys):
+        if part["params"].nunique() < MIN_VALUES or part["pretrain_size"].nunique() < MIN_VALUES:
+            continue
+        entry = {"axis": "joint", **{k: plain(v) for k, v in zip(keys, key)}}
+        x = {"N": part["params"].to_numpy(float), "D": part["pretrain_size"].to_numpy(float)}
+        y = part["test_error"].to_numpy(float)
+        try:
+            law = fit(x, y, form="joint", seed=seed)
+            entry.update(form=law.form, formula=law.formula, params=law.params, rmse_log=law.rmse,
+                         ci={k: list(v) for k, v in law.ci.items()}, n_points=int(len(y)),
+                         heldout=heldout(x, y, "joint", seed))
+        except FitError as e:
+            entry["error"] = str(e)
+        fits.append(entry)
+    reason = None if fits else f"the joint law needs >= {MIN_VALUES} model sizes and pre-training sizes together"
+    return fits, reason
+
+
+def all_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], dict[str, str]]:
+    """Every law the grid allows, and for each axis it lacks, why."""
+    fits, absent = [], {}
+    for axis in AXES:
+        found, reason = axis_laws(points, axis, seed)
+        fits += found
+        if reason:
+            absent[axis] = reason
+    found, reason = joint_laws(points, seed)
+    fits += found
+    if reason:
+        absent["joint"] = reason
+    return fits, absent

@@ -1,0 +1,116 @@
+"""Effective data transferred (Hernandez et al. 2021) per fine-tuned cell, with bootstrap intervals.
+
+The from-scratch error against target training images (scratch trials at several ``target_size``) is fitted
+per (model, budget, shots) and inverted at each fine-tuned cell's error: a scratch model would need ``D_E``
+target images to do as well, so pre-training was worth ``D_T = D_E - D_target`` of them, a multiplier
+``D_E / D_target`` on the target data. Intervals resample the seeds (paired by seed index, as every trial trained
+the same seeds) and refit the scratch law each time. Cells whose error lies outside the range the scratch
+trials reached are marked: their D_E is read off the law beyond its data.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from scaling.analysis.grid import SCRATCH, has_target_axis, plain
+from scaling.analysis.laws import fit_curve
+from scaling.laws import FitError, fit, fit_transfer, scratch_size_for
+
+GROUP = ["model", "budget", "shots"]
+N_BOOT = 100
+NO_AXIS = "no target-size axis: effective data transferred needs scratch trials at >= 2 target sizes"
+
+
+def _quantiles(values: np.ndarray) -> list[float | None]:
+    """The 95% interval of bootstrap draws; None for an end that is unbounded (a D_E beyond the law's floor)."""
+    finite = values[~np.isnan(values)]
+    if not len(finite):
+        return [None, None]
+    q = np.quantile(np.clip(finite, -1e300, 1e300), [0.025, 0.975])
+    return [None if abs(v) >= 1e299 else float(v) for v in q]
+
+
+def _cell_errors(points: pd.DataFrame, seeds: np.ndarray) -> float:
+    """Mean test error of one trial's points over the drawn seed indices."""
+    by_seed = points.set_index("seed_index")["test_error"]
+    return float(by_seed.reindex(seeds).mean())
+
+
+def _scratch_points(scratch: pd.DataFrame, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    parts = [part.set_index("seed_index")["test_error"].reindex(seeds).dropna().to_frame().assign(x=size)
+             for size, part in scratch.groupby("target_size")]
+    both = pd.concat(parts)
+    return both["x"].to_numpy(float), both["test_error"].to_numpy(float)
+
+
+def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
+    """D_T, D_E and the multiplier per fine-tuned cell with 95% intervals, or none and why."""
+    if not has_target_axis(points):
+        return [], NO_AXIS
+    rng = np.random.default_rng(seed)
+    n_seeds = int(points["seed_index"].max()) + 1
+    cells = []
+    for key, group in points.groupby(GROUP):
+        scratch = group[group["source"] == SCRATCH]
+        tuned = group[group["source"] != SCRATCH]
+        if scratch["target_size"].nunique() < 2 or tuned.empty:
+            continue
+        sx, sy = _scratch_points(scratch, np.arange(n_seeds))
+        try:
+            law = fit_curve(sx, sy, seed)
+        except FitError as e:
+            cells.append({**dict(zip(GROUP, map(plain, key))), "error": f"scratch law: {e}"})
+            continue
+        seen = scratch.groupby("target_size")["test_error"].mean()
+        draws = rng.integers(0, n_seeds, size=(N_BOOT, n_seeds))
+        boot_laws = []
+        for d in draws:
+            try:
+                boot_laws.append(fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2))
+            except FitError:
+                boot_laws.append(None)
+        for trial, cell in tuned.groupby("trial"):
+            first = cell.iloc[0]
+            d_target = float(first["target_size"])
+            error = float(cell["test_error"].mean())
+            d_e = float(scratch_size_for(law, error)[0])
+            boot = np.array([float(scratch_size_for(b, _cell_errors(cell, d))[0]) if b is not None else np.nan
+                             for b, d in zip(boot_laws, draws)])
+            where = "within" if seen.min() <= error <= seen.max() else "below" if error < seen.min() else "above"
+            cells.append({
+                **dict(zip(GROUP, map(plain, key))), "trial": trial, "source": first["source"],
+                "pretrain_size": plain(first["pretrain_size"]), "params": plain(first["params"]),
+                "target_size": d_target, "test_error": error, "scratch_form": law.form,
+                "effective_size": d_e if np.isfinite(d_e) else None,
+                "transferred": d_e - d_target if np.isfinite(d_e) else None,
+                "transferred_ci": _quantiles(boot - d_target),
+                "multiplier": d_e / d_target if np.isfinite(d_e) else None,
+                "multiplier_ci": _quantiles(boot / d_target),
+                # below: better than any scratch run, D_E extrapolated; above: worse than the smallest scratch run
+                "scratch_range": where,
+                "scratch_error_range": [float(seen.min()), float(seen.max())],
+            })
+    return cells, None if cells else "no (model, budget, shots) has both scratch trials at >= 2 target sizes " \
+                                     "and fine-tuned trials"
+
+
+def transfer_law(cells: list[dict], seed: int) -> tuple[list[dict], str | None]:
+    """``D_T = k·D_F^α·N^β`` per source where the cells span >= 2 target sizes and >= 2 model sizes."""
+    usable = pd.DataFrame([c for c in cells if c.get("transferred") and c["transferred"] > 0])
+    laws = []
+    for source, part in (usable.groupby("source") if len(usable) else []):
+        if part["target_size"].nunique() < 2 or part["params"].nunique() < 2 or len(part) < 4:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                law = fit_transfer(part["target_size"], part["params"], part["transferred"], seed=seed)
+            laws.append({"axis": "transfer", "source": source, "form": law.form, "formula": law.formula,
+                         "params": law.params, "ci": {k: list(v) for k, v in law.ci.items()},
+                         "n_points": int(len(part))})
+        except FitError as e:
+            laws.append({"axis": "transfer", "source": source, "error": str(e)})
+    return laws, None if laws else "D_T = k·D_F^α·N^β needs cells at >= 2 target sizes and >= 2 model sizes " \
+                                   "with D_T > 0"
