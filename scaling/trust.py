@@ -94,7 +94,8 @@ def trust_table(table: pd.DataFrame) -> pd.DataFrame:
                "test_roc_auc": "auc_mean", "test_ensemble_roc_auc": "auc_ensemble", "saliency_pointing": "pointing",
                "saliency_baseline": "baseline"}
     present = [c for c in columns if c in best]
-    return best[[*GROUP, "source", "pretrain_size", *present]].rename(columns=columns)
+    sizes = ["target_size"] if "target_size" in best else []  # scratch trials at several target sizes
+    return best[[*GROUP, "source", "pretrain_size", *sizes, *present]].rename(columns=columns)
 
 
 def _entry(cell: dict, source: str, column: str, what: str, points: pd.DataFrame, law) -> dict:
