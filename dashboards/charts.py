@@ -10,7 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import SCRATCH, TRUST_COLUMNS, model_order, per_seed, source_colours
+from scaling.analysis.grid import SCRATCH, TRUST_COLUMNS, model_order, on_full_target, per_seed, source_colours
 from scaling.results import best_per_cell
 
 FILTERS = ["source", "model", "budget", "shots"]
@@ -60,7 +60,7 @@ def _curves(fits: dict) -> pd.DataFrame:
 def transfer_view(results: pd.DataFrame, fits: dict) -> dict | None:
     """Log-log error against pre-training images per model (panels by size): every seed's point, the mean,
     the fitted law with its band and dashed extrapolation, and the scratch level."""
-    best = best_per_cell(results)
+    best = on_full_target(best_per_cell(results))
     if best.empty:
         return None
     points = per_seed(best)
@@ -104,7 +104,7 @@ def model_view(results: pd.DataFrame) -> dict | None:
     trials = finished(results)
     if trials.empty:
         return None
-    best = best_per_cell(results)
+    best = on_full_target(best_per_cell(results))
     colour = _colour(trials["source"].unique())
     x = alt.X("params:Q", scale=alt.Scale(type="log"), title="model parameters")
     y = alt.Y("test_error:Q", scale=alt.Scale(type="log"), title=ERROR)
@@ -146,7 +146,7 @@ def effective_data_view(fits: dict) -> tuple[dict | None, str]:
 def trust_view(results: pd.DataFrame) -> dict | None:
     """Calibration, ensemble and saliency metrics of the tuned trials against pre-training size, for whichever
     of them the results hold."""
-    best = best_per_cell(results)
+    best = on_full_target(best_per_cell(results))
     present = [c for c in TRUST_COLUMNS if c in best and best[c].notna().any()]
     if best.empty or not present:
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scaling.analysis.grid import on_full_target
 from scaling.results import best_per_cell
 
 #: (column, what it is, its "error" -- the quantity fitted as falling with pre-training data)
@@ -61,7 +62,7 @@ def trust_figures(table: pd.DataFrame, study_dir: str | Path, seed: int = 0, n_b
     from scaling.laws import plots
 
     study_dir = Path(study_dir)
-    best = best_per_cell(table) if len(table) else table
+    best = on_full_target(best_per_cell(table)) if len(table) else table
     if best.empty or "test_reliability" not in best:
         return []
     out, paths, entries = study_dir / "figures", [], []

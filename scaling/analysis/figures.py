@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.analysis.grid import SCRATCH, model_order, source_colours
+from scaling.analysis.grid import SCRATCH, model_order, on_full_target, source_colours
 
 ERROR = "test error (1 - ROC-AUC)"
 
@@ -18,7 +18,7 @@ def draw_figures(points: pd.DataFrame, cells: list[dict], out: Path, seed: int) 
     colours = source_colours(points["source"])
     order = model_order(points)
     paths: list[Path] = []
-    for (budget, shots), part in points.groupby(["budget", "shots"]):
+    for (budget, shots), part in on_full_target(points).groupby(["budget", "shots"]):
         stem = f"b{budget}_shots{shots or 'all'}"
         fig = plots.plot_transfer(part, facet="model", facet_order=order, colours=colours, seed=seed,
                                   xlabel="pre-training images", ylabel=ERROR)

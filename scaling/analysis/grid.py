@@ -33,6 +33,14 @@ def has_target_axis(table: pd.DataFrame) -> bool:
     return "target_size" in table and table.loc[table["source"] == SCRATCH, "target_size"].nunique() >= 2
 
 
+def on_full_target(table: pd.DataFrame) -> pd.DataFrame:
+    """The trials on the whole target training split (per budget and shots): scratch trials on nested subsets
+    (`sweep.scratch_target_sizes`) feed effective data transferred, never the scratch level of the error views."""
+    if "target_size" not in table or table.empty:
+        return table
+    return table[table["target_size"] == table.groupby(["budget", "shots"])["target_size"].transform("max")]
+
+
 def cell_columns(table: pd.DataFrame) -> list[str]:
     """Every axis of a trial but its hyper-parameter sample."""
     return ["model", "source", "pretrain_size", "budget", "shots"] + (["target_size"] if "target_size" in table

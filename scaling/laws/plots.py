@@ -194,6 +194,7 @@ def plot_transfer(results: Any, *, x: str = "pretrain_size", y: str = "test_erro
             if base.size:
                 ax.axhline(base.mean(), color="0.3", linestyle=":", label=f"from scratch ({base.size} runs)")
                 ax.axhspan(base.min(), base.max(), color="0.5", alpha=0.15, linewidth=0)
+            exponents = []  # per panel: the shared legend below holds one label per source, not per panel
             for i, name in enumerate(sources):
                 part = panel[panel[source] == name]
                 if part.empty:
@@ -212,10 +213,14 @@ def plot_transfer(results: Any, *, x: str = "pretrain_size", y: str = "test_erro
                                   **fit_kwargs)
                         span = np.geomspace(xs.min(), xs.max(), 100)
                         ax.plot(span, law.predict(span), color=colour)
-                        label += f": {law.form}, α={law.params['alpha']:.2f}" if "alpha" in law.params else ""
+                        label += f": {law.form} law"
+                        if "alpha" in law.params:
+                            exponents.append(f"{name} α={law.params['alpha']:.3f}")
                     except FitError:
                         label += " (too few points for a law)"
                 ax.plot([], [], color=colour, marker=marker, label=label)
+            if exponents:
+                ax.text(0.02, 0.02, "\n".join(exponents), transform=ax.transAxes, fontsize=6.5, va="bottom")
             ax.set(xscale="log", yscale="log", xlabel=xlabel or x)
             if facet:
                 ax.set_title(f"{facet} = {_fmt(key[0])}")
