@@ -66,7 +66,8 @@ def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], s
     if axis == "shots":
         rows = rows[rows["shots"] > 0]  # 0 means every target image, not a point on the shots axis
     if rows.empty or rows[column].nunique() < fewest:
-        return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s); a law needs {fewest}"
+        besides = " besides 0 (every target image)" if axis == "shots" else ""
+        return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s){besides}; a law needs {fewest}"
     level = ["model", "budget", "shots"] + (["target_size"] if "target_size" in points else [])
     scratch = points[points["source"] == SCRATCH].groupby(level)["test_error"].mean()
     fits = []
