@@ -143,7 +143,7 @@ def main() -> None:
         print("activation checkpointing: skipped (no GPU)", file=sys.stderr)
         return
     rows = checkpointing_rows(args.ladder, args.checkpoint_models, 480, args.checkpoint_steps)
-    print(f"\nactivation checkpointing at 480 px, bf16, micro-batch: the largest that fits without it")
+    print("\nactivation checkpointing at 480 px, bf16, micro-batch: the largest that fits without it")
     print(f"{'model':>8} {'micro':>6} {'ckpt':>5} {'img/s':>8} {'peak GB':>8} {'img/s ratio':>12} {'peak ratio':>11}")
     for plain, ckpt in zip(rows[::2], rows[1::2]):
         for row in (plain, ckpt):
