@@ -102,7 +102,8 @@ class StudyJobs:
 
 
 def check_target_sizes(cfg, data) -> None:
-    """`sweep.scratch_target_sizes` must fit the target's training split, known once the data is staged."""
+    """`sweep.scratch_target_sizes` and `data.shots` must fit the target's training split, known once the data is
+    staged: checked on the driver, before a trial would fail on them inside a worker."""
     from scaling.config import ConfigError
 
     available = len(data.target.train)
@@ -111,6 +112,15 @@ def check_target_sizes(cfg, data) -> None:
             raise ConfigError(f"sweep.scratch_target_sizes[{i}]: got {size}; expected at most {available}, the "
                               f"size of the target's training split ({cfg.data.target.dataset}, after its "
                               f"validation split)")
+    train = data.target.shards.records.loc[data.target.train]
+    for i, shots in enumerate(cfg.data.shots):
+        if shots:
+            try:
+                n_shot(train, shots, cfg.seed)  # what finetune_train draws
+            except ValueError as e:
+                raise ConfigError(f"data.shots[{i}]: got {shots}; expected at most the images of each class "
+                                  f"in the target's training split ({cfg.data.target.dataset}, after its "
+                                  f"validation split): {e}") from None
 
 
 def rung_definition(rung) -> dict:

@@ -292,6 +292,19 @@ def create_model(ladder: str, name: str, num_classes: int, *, in_chans: int = 3,
     return model
 
 
+def check_weights(ladder: str, name: str, path: str | Path) -> None:
+    """ModelError unless weights file `path` loads into rung `name` the way a training job loads it (`create_model`,
+    whose message names the tensors that do not fit). Built on the meta device: no memory for parameters, so the
+    driver checks even BiT's largest rungs in a second, before Ray starts, and a file of another rung or ladder
+    never fails deep inside a worker."""
+    import warnings
+
+    with torch.device("meta"), warnings.catch_warnings():
+        # loading real tensors into meta parameters is the no-op wanted here; torch warns about each one
+        warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
+        create_model(ladder, name, num_classes=1, pretrained=path)
+
+
 def _load_google_npz(model: nn.Module, path: Path) -> None:
     """Weights of Google's `.npz` files (e.g. BiT-S-R50x1.npz, which timm does not publish) via the model's timm
     `load_pretrained`; the head is taken only when it fits, else zero-initialised."""

@@ -4,7 +4,8 @@ A source's `published` points (scaling.config.PublishedWeights) are not trained:
 weights file -- timm's release in the local Hugging Face cache (`weights: hf`, with HF_HUB_OFFLINE=1 so that
 nothing is looked up online), or a file path such as Google's BiT-S `.npz` (which timm does not publish).
 `resolve` runs in the data stage, on the driver, before Ray starts: a missing file stops the study with the
-repository or path and the command that fetches it. `download` is that command's work, on a login node.
+repository or path and the command that fetches it, and a file that does not fit its rung with the tensors that
+differ. `download` is that command's work, on a login node.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def needed(cfg) -> list[tuple[str, object, str]]:
 
 def resolve(cfg, hf_cache: str | Path | None = None) -> dict[tuple[str, int, str], str]:
     """{(role, images, rung): weights file} for every published point, found offline; ModelError listing every
-    missing file (repository or path) and the download command."""
+    missing file (repository or path) and the download command, and every file that does not fit its rung."""
     from scaling import models
 
     os.environ["HF_HUB_OFFLINE"] = "1"  # a cache miss must not turn into a download on a compute node
@@ -57,12 +58,13 @@ def resolve(cfg, hf_cache: str | Path | None = None) -> dict[tuple[str, int, str
                                             + (f"run `{DOWNLOAD}` on a machine with internet (it fetches "
                                                f"{point.url.format(model=model)})" if point.url else
                                                "copy it there"))
+                models.check_weights(cfg.models.ladder, model, path)  # hub files are that rung's own release
         except models.ModelError as e:
             missing.append(f"data.sources.{role} published {point.name!r}: {e}")
             continue
         found[(role, point.images, model)] = str(path.resolve())
     if missing:
-        raise models.ModelError("published weights missing:\n  " + "\n  ".join(missing))
+        raise models.ModelError("published weights missing or unusable:\n  " + "\n  ".join(missing))
     return found
 
 

@@ -80,7 +80,12 @@ def prepare_study_data(cfg, log=print) -> StudyData:
     for role, dataset in datasets.items():
         started = time.perf_counter()
         shards = prepare_shards(dataset, preprocess, Path(data.cache_dir).resolve(), on_bad_image=data.on_bad_image)
-        prepared[role] = _split(shards, val_fractions[role], cfg.seed)
+        try:
+            prepared[role] = _split(shards, val_fractions[role], cfg.seed)
+        except ValueError as e:  # patient_split: too few patients to hold out any (or to keep any)
+            key = "data.target" if role == "target" else f"data.sources.{role}"
+            raise DataError(f"{key} ({dataset.name}): cannot carve a validation split out of its training split: "
+                            f"{e}; expected more patients in it, or another data.val_fraction") from None
         skipped = f", {shards.skipped} bad images skipped" if shards.skipped else ""
         log(f"data: {role:<8} {dataset.name:<20} {len(shards.records):>7} images -> {shards.path} "
             f"({time.perf_counter() - started:.1f} s{skipped})")
