@@ -2,17 +2,18 @@
 
 Each row builds its bad input for real in tmp_path (config files, dataset trees, image and weights files, a
 socket holding a port) and hands it to the entry point a user runs -- `studies/scaling_law.py`'s `main` and
-`python -m ray_cluster`'s `main`, in this process because a subprocess per row would cost seconds each (two
-subprocess tests below run the scripts themselves). A row checks the exit code, that the message names the file,
-key or value and what was expected, and that nothing was started or written before the check: no study directory
-for a config error; for a data or weights error at most the study's stamp (study.json, config.yaml, an empty
-logs/), no shard in the cache; never a Ray session (RAY_TMPDIR stays empty), an MLflow server, a checkpoint, a
-job folder or a Slurm script.
+`python -m ray_cluster`'s `main`, in this process because a subprocess per row would cost seconds each (the two
+tests at the end run the scripts themselves). A row checks the exit code, that the message names the file, key or
+value and what was expected, and that nothing was started or written before the check: no study directory for a
+config error; for a data or weights error at most the study's stamp (study.json, config.yaml, an empty logs/) and
+no shard in the cache; never a Ray session (RAY_TMPDIR stays empty), an MLflow server, a checkpoint, a job folder
+or a Slurm script.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -123,6 +124,12 @@ class Row:
     #: what may exist when it stopped: "nothing" (config), "stamp" (data stage), "shards" (after the data stage)
     stops: str = "nothing"
     entry: str = "study"
+
+
+def config_row(kind: str, overrides: str | tuple[str, ...], message: str) -> Row:
+    """A config error caused by command-line overrides of the smoke study."""
+    overrides = (overrides,) if isinstance(overrides, str) else overrides
+    return Row(kind, lambda c: c.study(*overrides), 2, (message,))
 
 
 def _other_study(case: Case) -> list[str]:
@@ -265,36 +272,36 @@ def _submit(case: Case, *args: str, config: str = "covidx_bit") -> list[str]:
 
 ROWS = [
     # ------------------------------------------------------------------ config: exit 2, nothing written
-    Row("unknown key", lambda c: c.study("data.resolutoin=32"), 2,
-        ("data.resolutoin: unknown key; expected one of: target, sources, resolution",)),
-    Row("wrong type", lambda c: c.study("finetune.recipe.lr=fast"), 2,
-        ("finetune.recipe.lr: got 'fast'; expected a number",)),
-    Row("impossible range", lambda c: c.study("data.val_fraction=1.5"), 2,
-        ("data.val_fraction: got 1.5; expected a value < 1",)),
-    Row("search range upside down", lambda c: c.study("finetune.weight_decay_range=[0.1, 0.001]"), 2,
-        ("finetune.weight_decay_range: got [0.1, 0.001]; expected [low, high] with low <= high",)),
-    Row("value outside a fixed set", lambda c: c.study("finetune.recipe.optimizer=lamb"), 2,
-        ("finetune.recipe.optimizer: got 'lamb'; expected one of 'sgd', 'adamw'",)),
+    config_row("unknown key", "data.resolutoin=32",
+               "data.resolutoin: unknown key; expected one of: target, sources, resolution"),
+    config_row("wrong type", "finetune.recipe.lr=fast",
+               "finetune.recipe.lr: got 'fast'; expected a number"),
+    config_row("impossible range", "data.val_fraction=1.5",
+               "data.val_fraction: got 1.5; expected a value < 1"),
+    config_row("search range upside down", "finetune.weight_decay_range=[0.1, 0.001]",
+               "finetune.weight_decay_range: got [0.1, 0.001]; expected [low, high] with low <= high"),
+    config_row("value outside a fixed set", "finetune.recipe.optimizer=lamb",
+               "finetune.recipe.optimizer: got 'lamb'; expected one of 'sgd', 'adamw'"),
     Row("missing required key", _without_target, 2,
         ("data.target: missing; expected a mapping",)),
     Row("config file not YAML", _not_yaml, 2, ("{tmp}/bad.yaml: not valid YAML",)),
     Row("config file missing", lambda c: c.study(config=c.tmp / "nowhere.yaml"), 2,
         ("{tmp}/nowhere.yaml: no such config file",)),
-    Row("unknown dataset", lambda c: c.study("data.target.dataset=covid"), 2,
-        ("data.target.dataset: got 'covid'; expected one of: synthetic-natural",)),
-    Row("dataset option missing", lambda c: c.study("data.target={dataset: covidx}"), 2,
-        ("data.target.options.root: missing; dataset 'covidx' needs it",)),
+    config_row("unknown dataset", "data.target.dataset=covid",
+               "data.target.dataset: got 'covid'; expected one of: synthetic-natural"),
+    config_row("dataset option missing", "data.target={dataset: covidx}",
+               "data.target.options.root: missing; dataset 'covidx' needs it"),
     Row("dataset option of a wrong value", lambda c: c.target("covidx", root=c.tmp, version="7C").study(), 2,
         ("data.target.options.version: got '7C'; expected one of '8A', '8B', '9A', '9B'",)),
-    Row("model not in the ladder", lambda c: c.study("models.sizes=[w8, R50x1]"), 2,
-        ("models.sizes[1]: got 'R50x1'; expected a rung of ladder 'cpu': w8, w16",)),
-    Row("subset larger than its source", lambda c: c.study("data.source_sizes=[1000]"), 2,
-        ("data.source_sizes[0]: got 1000; expected at most 400, the size of data.sources.medical",)),
-    Row("sweep source not configured", lambda c: c.study("sweep.sources=[scratch, natural]"), 2,
-        ("sweep.sources asks for 'natural' pre-training but data.sources.natural is not configured",)),
-    Row("micro-batch and accumulation both set",
-        lambda c: c.study("finetune.recipe.micro_batch=8", "finetune.recipe.grad_accum=2"), 2,
-        ("finetune.recipe.micro_batch: got 8 with finetune.recipe.grad_accum 2; expected one of them",)),
+    config_row("model not in the ladder", "models.sizes=[w8, R50x1]",
+               "models.sizes[1]: got 'R50x1'; expected a rung of ladder 'cpu': w8, w16"),
+    config_row("subset larger than its source", "data.source_sizes=[1000]",
+               "data.source_sizes[0]: got 1000; expected at most 400, the size of data.sources.medical"),
+    config_row("sweep source not configured", "sweep.sources=[scratch, natural]",
+               "sweep.sources asks for 'natural' pre-training but data.sources.natural is not configured"),
+    config_row("micro-batch and accumulation both set",
+               ("finetune.recipe.micro_batch=8", "finetune.recipe.grad_accum=2"),
+               "finetune.recipe.micro_batch: got 8 with finetune.recipe.grad_accum 2; expected one of them"),
     Row("published tag timm lacks", _unpublished_tag, 2,
         ("data.sources.natural.published[0].tag: timm publishes no weights vit_tiny_patch16_224.augreg_in1k",)),
     Row("study directory of another config", _other_study, 2,
@@ -446,20 +453,16 @@ def test_the_table_in_docs_lists_every_row():
 # ---------------------------------------------------------------------------------------------- the scripts
 
 
-def test_study_script_exits_with_the_codes_it_documents(tmp_path):
-    """The rows above call the study's main in-process; here the script itself, one config and one data row."""
-    case = Case(tmp_path)
-    bad_key = subprocess.run([sys.executable, str(SCRIPT), *case.study("sweep.seedz=[0]")], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
-    assert bad_key.returncode == 2 and "config error: sweep.seedz: unknown key" in bad_key.stderr
-    assert not case.out.exists()
-    case.target("covidx", root=tmp_path / "gone", version="9B")
-    no_root = subprocess.run([sys.executable, str(SCRIPT), *case.study()], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
-    assert no_root.returncode == 3, no_root.stderr
-    assert f"data error: cannot read the study's data:\n  data.target: {tmp_path}/gone: dataset root" in no_root.stderr
-    assert not case.cache.exists()
+def test_study_script_exits_3_on_bad_data_before_anything_starts(tmp_path):
+    """The rows above call the study's main in-process; here the script itself on a data row (its config exit 2:
+    tests/test_study.py::test_bad_config_is_rejected_before_anything_starts)."""
+    case = Case(tmp_path).target("covidx", root=tmp_path / "gone", version="9B")
+    done = subprocess.run([sys.executable, str(SCRIPT), *case.study()], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")})
+    assert done.returncode == 3, done.stderr
+    assert f"data error: cannot read the study's data:\n  data.target: {tmp_path}/gone: dataset root" in done.stderr
     _assert_nothing_started(case, "stamp")
+    assert not (tmp_path / "ray").exists()
 
 
 def test_cluster_check_ports_script_names_a_port_held_by_another_process(tmp_path):
