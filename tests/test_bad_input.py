@@ -247,6 +247,15 @@ def _weights_of_another_ladder(case: Case) -> list[str]:
     return case.published(str(case.tmp / "{model}.pt"), ladder="vit", sizes=("tiny",)).study()
 
 
+def _npz_of_another_rung(case: Case) -> list[str]:
+    from test_published import _bit_npz
+
+    from scaling import models
+
+    _bit_npz(models.create_model("bit", "R50x1", 0), case.tmp / "BiT-S-R101x1.npz", classes=1000)  # R50x1's blocks
+    return case.published(str(case.tmp / "BiT-S-{model}.npz"), ladder="bit", sizes=("R101x1",)).study()
+
+
 def _unreadable_weights(case: Case) -> list[str]:
     (case.tmp / "w8.pt").write_bytes(b"<html>404 Not Found</html>")  # a failed download saved as weights
     return case.published(str(case.tmp / "{model}.pt")).study()
@@ -378,6 +387,9 @@ ROWS = [
     Row("checkpoint from another ladder", _weights_of_another_ladder, 3,
         ("data.sources.natural published 'mine': checkpoint {tmp}/tiny.pt does not fit VisionTransformer",
          "148 missing (e.g. blocks.0.attn", "42 unexpected (e.g. norm.num_batches_tracked"), stops="stamp"),
+    Row("Google .npz of another rung", _npz_of_another_rung, 3,
+        ("data.sources.natural published 'mine': cannot read Google .npz checkpoint {tmp}/BiT-S-R101x1.npz: "
+         "'resnet/block3/unit07/a/standardized_conv2d/kernel is not a file in the archive'",), stops="stamp"),
     Row("unreadable weights file", _unreadable_weights, 3,
         ("data.sources.natural published 'mine': cannot read checkpoint {tmp}/w8.pt",), stops="stamp"),
     # ------------------------------------------------------------------ cluster: python -m ray_cluster
@@ -441,6 +453,16 @@ def _assert_nothing_started(case: Case, stops: str) -> None:
         assert not (out / "logs").exists() or not any((out / "logs").iterdir())  # no MLflow or Ray driver log
     if stops != "shards":
         assert not case.cache.exists() or not list(case.cache.rglob("*.parquet"))
+
+
+def test_weights_that_fit_pass_the_check_on_the_meta_device(tmp_path):
+    """The other side of the weights rows: Google's .npz layout and a state_dict of the very rung load."""
+    from test_published import _bit_npz
+
+    from scaling import models
+
+    models.check_weights("bit", "R50x1", _bit_npz(models.create_model("bit", "R50x1", 0), tmp_path / "a.npz", 1000))
+    models.check_weights("cpu", "w8", save_weights(tmp_path / "w8.pt", "cpu", "w8"))
 
 
 def test_the_table_in_docs_lists_every_row():
