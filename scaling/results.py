@@ -5,11 +5,13 @@ Built from the trial ledger, written as Parquet (the input of the fits and the d
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 
 from scaling.plan import BOTH, SCRATCH
+from scaling.publish import publish_file
 
 #: FLOPs of a training step per image: forward + backward ~ 3x the forward
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -48,7 +50,9 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, study_dir: Path) -> list[Path]:
-    paths = [study_dir / "results.parquet", study_dir / "results.csv"]
-    table.to_parquet(paths[0], index=False)
-    table.to_csv(paths[1], index=False)
-    return paths
+    """results.parquet and results.csv, each serialised in memory and published atomically: a full disk
+    raises `scaling.publish.NoSpace` naming the file and its size, and leaves the previous table readable."""
+    parquet = io.BytesIO()
+    table.to_parquet(parquet, index=False)
+    return [publish_file(study_dir / "results.parquet", parquet.getvalue()),
+            publish_file(study_dir / "results.csv", table.to_csv(index=False).encode())]

@@ -179,7 +179,7 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
 
     pretrain_ledger = Ledger(study_dir / "pretrain")
     for wave in pretrain_jobs(cfg):
-        todo = [j for j in wave if not store.exists(jobs.pretrain_key(j))]
+        todo = [j for j in wave if not store.intact(jobs.pretrain_key(j))]  # a corrupted entry: built again
         progress.stage("pretrain", len(todo), concurrent)
         if todo:
             sweep.run_pretraining(jobs, todo, concurrent, tracker, progress, pretrain_ledger)

@@ -14,7 +14,8 @@ import sys
 
 from scaling.config import DEFAULT_CONFIG, ConfigError, load_config, override_help
 from scaling.data.base import DataError
-from scaling.study import EXIT_CONFIG, EXIT_DATA, run_study
+from scaling.publish import NoSpace
+from scaling.study import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, run_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return EXIT_DATA
+    except NoSpace as e:  # shards or the results table (a pre-training job's own is its trial's error)
+        print(f"disk full: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

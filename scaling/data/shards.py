@@ -6,21 +6,31 @@ fingerprint, the preprocessing and SHARD_FORMAT_VERSION):
     records.parquet        index, split, key, patient, y (one row per stored image, in dataset order)
     shard-00000.parquet    index, image (raw pixel bytes or PNG bytes); row groups of a few MiB
     ...
-    manifest.json          written last: format, parameters, shapes, every file with its size, skipped keys
+    manifest.json          written last: format, parameters, shapes, every file with its size and sha256,
+                           skipped keys
 
 A shard set is built in a temporary sibling directory that is renamed into place after its manifest is
-written, so a directory at the final path is complete; one without a valid manifest (tampered with, or from
-another format version) is never read and is rebuilt. Concurrent preparers of one key serialise on an
-`fcntl.flock` lock file next to it; the loser of the race finds the winner's result and reuses it.
+written (scaling/publish.py), so a directory at the final path is complete; one without a valid manifest
+(tampered with, or from another format version) is never read and is rebuilt. Concurrent preparers of one key
+(two studies sharing a cache) serialise on a `filelock.FileLock` next to it (flock: released by the kernel
+when a preparer dies); the loser of the race finds the winner's result and reuses it. Every build that
+completes appends a line to `cache_dir/builds.jsonl` (what was built, by whom, how long it took).
+
+Corruption: a preparer that finds a set re-reads every file against the sha256 recorded when it was published
+(`prepare_shards`, once per study run in the driver, before any worker reads it); a set that no longer matches
+is rebuilt, with a warning naming the file, since shards are a pure function of the dataset and can always be
+made again. Workers opening a set (`ShardSet.open`) check only sizes: hashing terabytes per job would cost more
+than the jobs. A full file system while building raises `scaling.publish.NoSpace` naming the set and the space
+it needs, and leaves nothing at the final path.
 
 Reading: `ShardReader` (torch-free random access with a per-process LRU cache of row groups) and
 `ShardDataset` (the map-style torch dataset on top of it).
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,7 +38,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -37,10 +47,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock
 
 from scaling.data.base import RECORD_COLUMNS, SPLITS, DataError, Dataset, Task
 from scaling.data.preprocess import Preprocess, decode_png, encode_png, preprocess_image
-from scaling.publish import MANIFEST, publish
+from scaling.publish import MANIFEST, publish, space_for, verify, written
 
 #: bump when the on-disk layout changes; old shard sets then get a new key and are rebuilt
 SHARD_FORMAT_VERSION = 1
@@ -48,6 +59,10 @@ RECORDS = "records.parquet"
 #: target size of one Parquet row group: the unit a reader decodes and caches
 GROUP_BYTES = 4 << 20
 BAD_IMAGE_POLICIES = ("error", "skip")
+#: one JSON line per completed build, in the cache directory
+BUILDS = "builds.jsonl"
+
+_log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -136,7 +151,8 @@ def prepare_shards(dataset: Dataset, preprocess: Preprocess, cache_dir: str | Pa
                    progress: Progress | None = None, workers: int = 1) -> ShardSet:
     """Materialise `dataset` under `preprocess` into the shard cache once, and return it.
 
-    A complete shard set for the same key is reused without loading a single image. on_bad_image="error"
+    A complete shard set for the same key whose files still match their sha256 is reused without loading a
+    single image; one that does not is rebuilt (see the module docstring). on_bad_image="error"
     raises the dataset's DataError (naming the file) at the first image that fails to load or does not
     match the dataset's channels; "skip" leaves such images out and records their keys (reusing a set
     with skipped images under "error" raises too). `progress(done, total)` is called as images are stored;
@@ -150,16 +166,18 @@ def prepare_shards(dataset: Dataset, preprocess: Preprocess, cache_dir: str | Pa
     records = _checked_records(dataset)
     final = shard_path(dataset, preprocess, cache_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    shards = _open_if_complete(final)
+    shards = _open_if_complete(final, checked=True)
     if shards is None:
-        with _locked(final.parent / f"{final.name}.lock"):
-            shards = _open_if_complete(final)  # another process may have finished while we waited
-            if shards is None:
+        with FileLock(final.parent / f"{final.name}.lock"):
+            manifest, problem = _read_manifest(final, checked=True)  # another process may have finished it
+            if manifest is None:
+                if final.exists():
+                    _log.warning("shard set %s is incomplete or corrupted (%s); rebuilding it", final, problem)
                 _remove_leftovers(final)
                 _build(dataset, preprocess, records, final, on_bad_image=on_bad_image,
                        rows_per_shard=rows_per_shard, progress=progress or _StderrProgress(final.name),
                        workers=workers)
-                shards = ShardSet.open(final)
+            shards = ShardSet.open(final)
     if shards.skipped and on_bad_image == "error":
         listed = ", ".join(shards.skipped_keys[:5]) + (" ..." if shards.skipped > 5 else "")
         raise DataError(f"{final}: {shards.skipped} image(s) of {dataset.name} could not be loaded "
@@ -259,6 +277,13 @@ class _ShardWriter:
         if self._writer is not None:
             self._writer.close()
 
+    def abandon(self) -> None:
+        """Release the open file of a failed build (its directory is removed next), e.g. of a full disk."""
+        if self._writer is not None:
+            with suppress(OSError):
+                self._writer.close()
+            self._writer = None
+
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -284,50 +309,62 @@ def _build(dataset: Dataset, preprocess: Preprocess, records: pd.DataFrame, fina
     rows_per_group = max(1, min(rows_per_shard, GROUP_BYTES // image_bytes))
     raw = preprocess.encoding == "raw"
     tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # raw pixels: their uncompressed size bounds the set; PNG: only what was written before the disk filled
+    needed = (lambda: (len(records) * image_bytes, False)) if raw else (lambda: (written(tmp), True))
+    start = time.monotonic()
     tmp.mkdir()
+    writer = None
     try:
-        # raw pixels compress a little and decode fast with zstd; PNG bytes are already compressed
-        writer = _ShardWriter(tmp, pa.binary(image_bytes) if raw else pa.binary(),
-                              "zstd" if raw else "none", rows_per_shard, rows_per_group)
-        keys = [str(k) for k in records["key"]]
-        kept, skipped = [], []
-        with closing(_stored_images(dataset, preprocess, keys, workers)) as images:  # stops a pool early
-            for row, stored in enumerate(images):
-                if isinstance(stored, DataError):
-                    if on_bad_image == "error":
-                        raise stored
-                    skipped.append(keys[row])
-                else:
-                    writer.add(stored)
-                    kept.append(row)
-                if (row + 1) % 64 == 0 or row + 1 == len(keys):
-                    progress(row + 1, len(keys))
-        writer.close()
-        if not kept:
-            raise DataError(f"{dataset.name}: none of its {len(keys)} images could be loaded "
-                            f"(first: {skipped[0]})")
-        _write_records(tmp / RECORDS, records.iloc[kept], dataset.task)
-        manifest = {
-            "format_version": SHARD_FORMAT_VERSION,
-            "key": final.name,
-            "dataset": dataset.name,
-            "fingerprint": dataset.fingerprint(),
-            "task": {"kind": dataset.task.kind, "classes": list(dataset.task.classes)},
-            "channels": int(dataset.channels),
-            "preprocess": preprocess.as_dict(),
-            "shape": list(shape),
-            "rows": len(kept),
-            "rows_per_shard": rows_per_shard,
-            "rows_per_group": rows_per_group,
-            "files": {name: (tmp / name).stat().st_size for name in [RECORDS, *writer.files]},
-            "skipped": skipped,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if not publish(tmp, final, manifest):  # rename-wins: keep another preparer's complete result
-            if _open_if_complete(final) is None:
-                raise FileExistsError(f"{final} exists but is not a complete shard set")
-            shutil.rmtree(tmp, ignore_errors=True)
+        with space_for(final, needed):
+            # raw pixels compress a little and decode fast with zstd; PNG bytes are already compressed
+            writer = _ShardWriter(tmp, pa.binary(image_bytes) if raw else pa.binary(),
+                                  "zstd" if raw else "none", rows_per_shard, rows_per_group)
+            keys = [str(k) for k in records["key"]]
+            kept, skipped = [], []
+            with closing(_stored_images(dataset, preprocess, keys, workers)) as images:  # stops a pool early
+                for row, stored in enumerate(images):
+                    if isinstance(stored, DataError):
+                        if on_bad_image == "error":
+                            raise stored
+                        skipped.append(keys[row])
+                    else:
+                        writer.add(stored)
+                        kept.append(row)
+                    if (row + 1) % 64 == 0 or row + 1 == len(keys):
+                        progress(row + 1, len(keys))
+            writer.close()
+            if not kept:
+                raise DataError(f"{dataset.name}: none of its {len(keys)} images could be loaded "
+                                f"(first: {skipped[0]})")
+            _write_records(tmp / RECORDS, records.iloc[kept], dataset.task)
+            manifest = {
+                "format_version": SHARD_FORMAT_VERSION,
+                "key": final.name,
+                "dataset": dataset.name,
+                "fingerprint": dataset.fingerprint(),
+                "task": {"kind": dataset.task.kind, "classes": list(dataset.task.classes)},
+                "channels": int(dataset.channels),
+                "preprocess": preprocess.as_dict(),
+                "shape": list(shape),
+                "rows": len(kept),
+                "rows_per_shard": rows_per_shard,
+                "rows_per_group": rows_per_group,
+                "files": {name: (tmp / name).stat().st_size for name in [RECORDS, *writer.files]},
+                "skipped": skipped,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            published = publish(tmp, final, manifest)
+            if not published:  # rename-wins: keep another preparer's complete result
+                if _open_if_complete(final) is None:
+                    raise FileExistsError(f"{final} exists but is not a complete shard set")
+                shutil.rmtree(tmp, ignore_errors=True)
+            with open(final.parent / BUILDS, "a") as log:
+                log.write(json.dumps({"set": final.name, "published": published, "host": socket.gethostname(),
+                                      "pid": os.getpid(), "rows": len(kept), "created": manifest["created"],
+                                      "build_s": round(time.monotonic() - start, 3)}) + "\n")
     except BaseException:
+        if writer is not None:
+            writer.abandon()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -345,19 +382,6 @@ def _write_records(path: Path, records: pd.DataFrame, task: Task) -> None:
         "y": y,
     })
     pq.write_table(table, path)
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Exclusive advisory lock; the kernel releases it if the holder dies, so a killed preparer never
-    blocks the next one."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _remove_leftovers(final: Path) -> None:
@@ -390,8 +414,9 @@ class _StderrProgress:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _read_manifest(path: Path) -> tuple[dict | None, str]:
-    """(manifest, "") when `path` holds a complete shard set of this format, else (None, why not)."""
+def _read_manifest(path: Path, checked: bool = False) -> tuple[dict | None, str]:
+    """(manifest, "") when `path` holds a complete shard set of this format, else (None, why not).
+    `checked`: also compare every file with the sha256 recorded when the set was published."""
     try:
         with open(path / MANIFEST) as fh:
             manifest = json.load(fh)
@@ -409,11 +434,13 @@ def _read_manifest(path: Path) -> tuple[dict | None, str]:
             return None, f"{name} is missing"
         if actual != size:
             return None, f"{name} has {actual} bytes, the manifest says {size}"
-    return manifest, ""
+    problem = verify(path) if checked else ""
+    return (None, problem) if problem else (manifest, "")
 
 
-def _open_if_complete(path: Path) -> ShardSet | None:
-    return ShardSet.open(path) if _read_manifest(path)[0] is not None else None
+def _open_if_complete(path: Path, checked: bool = False) -> ShardSet | None:
+    """The set at `path` when it is complete (and, `checked`, intact)."""
+    return ShardSet.open(path) if _read_manifest(path, checked)[0] is not None else None
 
 
 def _read_records(path: Path, task: Task) -> pd.DataFrame:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
-from scaling.publish import MANIFEST, publish
+from scaling.publish import MANIFEST, publish, verify
 
 #: checkpoints a local job keeps (the newest one is what a restart resumes from)
 KEEP = 2
@@ -71,8 +72,13 @@ class LocalSession:
     def latest(self):
         import ray.train
 
-        done = self._finished()
-        return ray.train.Checkpoint.from_directory(str(done[-1])) if done else None
+        for found in reversed(self._finished()):  # the newest one still as it was written (sha256, see publish)
+            problem = verify(found)
+            if not problem:
+                return ray.train.Checkpoint.from_directory(str(found))
+            warnings.warn(f"not resuming from {found}: {problem}; removed it", stacklevel=2)
+            shutil.rmtree(found)  # else its step would be taken as written when reached again
+        return None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train

@@ -1,13 +1,22 @@
 """Content-addressed store of pre-trained checkpoints, shared by every job of a study (and by later studies).
 
 An entry is a directory ``ROOT/<key>/`` holding the files its build wrote plus ``manifest.json`` (the key's
-parts, file sizes, when and where it was built), so a human can see what a hash holds. The key is the sha256 of
+parts, file sizes and sha256, when and where it was built), so a human can see what a hash holds. The key is the sha256 of
 the canonical JSON of its parts: model, source data + preprocessing hash, subset size, seed, recipe.
 
 Commit protocol (a killed build leaves nothing that looks finished): the build writes into
 ``ROOT/.tmp/<key>.<token>/``; then every file and directory there is fsynced, the manifest is written and
 fsynced last, the directory is renamed to ``ROOT/<key>`` (atomic within one file system) and the root fsynced.
-An entry exists exactly when ``ROOT/<key>/manifest.json`` does.
+An entry exists exactly when ``ROOT/<key>/manifest.json`` does. A full file system during the build or the
+commit raises `scaling.publish.NoSpace` naming the entry and what had been written, and stores nothing.
+
+Corruption (bytes flipped or a file truncated after the commit): `intact` re-reads an entry against the sha256
+recorded at commit; the driver asks it before each pre-training wave, and `get_or_create` before reusing an
+entry. A corrupted entry is moved aside to ``ROOT/.corrupt/<key>.<time>/`` (kept for inspection) with a warning
+naming the file, and counts as missing, so its pre-training job runs again. Discarding beats reporting because a
+key fully determines its build (seeded), and the job's own last checkpoint usually survives under the study's
+jobs/, so the re-run is often just the export; failing instead would stop a week-long study for a file it can
+remake. Fine-tuning workers then load entries checked by the driver moments before.
 
 Locking (one build per key across processes and nodes): the store lives on a parallel file system and its
 requesters run on different nodes. ``flock``/``fcntl`` locks are not coherent across nodes on Lustre unless it is
@@ -36,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from scaling.publish import MANIFEST, publish
+from scaling.publish import MANIFEST, publish, space_for, verify, written
 
 #: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
 STATE_FILE = "model.pt"
@@ -96,8 +105,27 @@ class CheckpointStore:
         return self.root / key
 
     def exists(self, key: str) -> bool:
-        """Whether entry `key` is finished."""
+        """Whether entry `key` is finished (see `intact` for whether its files are still as committed)."""
         return (self.path(key) / MANIFEST).is_file()
+
+    def intact(self, key: str) -> bool:
+        """Whether entry `key` is finished and its files still match their sha256. A corrupted entry is moved
+        aside (see the module docstring), under the key's lock so that a fresh entry is never the one moved."""
+        if not self.exists(key):
+            return False
+        if not verify(self.path(key)):
+            return True
+        with self._lock(key) as token:
+            if token is None:
+                return False  # its owner is rebuilding it
+            problem = verify(self.path(key)) if self.exists(key) else ""
+            if problem:
+                aside = self.root / ".corrupt" / f"{key}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+                aside.parent.mkdir(exist_ok=True)
+                os.rename(self.path(key), aside)
+                _log.warning("checkpoint %s is corrupted (%s); moved aside to %s, its job will run again",
+                             key, problem, aside)
+        return False
 
     def manifest(self, key: str) -> dict:
         """The manifest of finished entry `key`: key, parts, files (relative path -> bytes), created, host, build_s."""
@@ -109,6 +137,9 @@ class CheckpointStore:
 
         if not self.exists(key):
             raise FileNotFoundError(f"no finished checkpoint {key} in {self.root}")
+        problem = verify(self.path(key))
+        if problem:
+            raise ValueError(f"checkpoint {key} is corrupted: {problem}")
         return torch.load(self.path(key) / name, map_location="cpu", weights_only=True)
 
     def get_or_create(self, parts: Mapping[str, Any], build: Callable[[Path], None],
@@ -119,6 +150,7 @@ class CheckpointStore:
         key = key_for(**parts)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         announced = False
+        self.intact(key)  # a corrupted entry is moved aside and built again
         while not self.exists(key):
             with self._lock(key) as token:
                 if token is not None:
@@ -144,13 +176,14 @@ class CheckpointStore:
         tmp.mkdir()
         try:
             start = time.monotonic()
-            build(tmp)
+            with space_for(self.path(key), lambda: (written(tmp), True)):
+                build(tmp)
             if (tmp / MANIFEST).exists():
                 raise ValueError(f"the build wrote {MANIFEST}, a file name the checkpoint store reserves")
             files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
             manifest = {"key": key, "parts": parts, "files": files,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": _HOST,
-                        "build_s": round(time.monotonic() - start, 3)}
+                        "pid": os.getpid(), "build_s": round(time.monotonic() - start, 3)}
             if not publish(tmp, self.path(key), manifest):
                 if not self.exists(key):
                     raise FileExistsError(f"{self.path(key)} exists but holds no finished checkpoint")
