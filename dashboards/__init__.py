@@ -18,8 +18,8 @@ from scaling.tracking import REOPEN_UI, TrackingServer
 
 DASHBOARD = "dashboard.html"
 HYPER = ("lr", "weight_decay", "sample")
-TRIAL_COLUMNS = ("trial", "status", "source", "model", "pretrain_size", "target_size", "budget", "shots", "test_roc_auc",
-                 "test_roc_auc_sd", "val_roc_auc", "lr", "weight_decay")
+TRIAL_COLUMNS = ("trial", "status", "source", "model", "pretrain_size", "target_size", "budget", "shots",
+                 "test_roc_auc", "test_roc_auc_sd", "val_roc_auc", "lr", "weight_decay")
 
 __all__ = ["DASHBOARD", "StudyDirError", "build"]
 

@@ -1,8 +1,8 @@
 """Two faults of a training job that the loop turns into a clear outcome instead of a crash deep in a worker.
 
-- Divergence: a loss that is no longer finite (NaN or infinite, e.g. a learning rate far too high). Training on
-  cannot recover, and rerunning the same job diverges again, so the job ends as *diverged*: it reports the step
-  and the value (`DIVERGED_STEP`, `DIVERGED_VALUE`, `DIVERGED_IN`) instead of a checkpoint, and the sweep records it, not retries it.
+- Divergence: a loss (or an evaluation) that is no longer finite, e.g. from a learning rate far too high.
+  Training on cannot recover, and the same seeded job run again diverges again, so the job ends as *diverged*: it
+  reports the step and the value (`DIVERGED_*`) instead of a checkpoint; the sweep records it and does not retry it.
 - Out of memory: torch's CUDA or CPU allocator refusing an allocation becomes `OutOfMemory`, whose message names
   the bytes asked for, the micro-batch and the recipe key (`grad_accum`) that lowers it.
 Ray is not used here, and torch only inside the functions, so that the results table can read these keys.
