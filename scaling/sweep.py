@@ -146,11 +146,12 @@ class StudyCallback(Callback):
 
 
 def error_line(trace: str | None) -> str:
-    """The line of a trial's error trace that says what went wrong: the last exception raised in it (Ray and
-    Train wrap a worker's error in their own, whose messages end with the worker's traceback)."""
+    """The line of a trial's error trace that says what went wrong: this package's own fault (out of memory, a
+    diverged pre-training job) wherever Ray and Train's wrappers put it, else the last exception raised."""
     lines = [line.strip() for line in (trace or "").splitlines() if line.strip()]
-    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|OutOfMemory)\b.*:", line)]
-    return (raised or lines or ["see the trial's error file"])[-1]
+    ours = [m[0] for line in lines if (m := re.search(r"\b(OutOfMemory|PretrainDiverged): .*", line))]
+    raised = [line for line in lines if re.match(r"[\w.]+(\([\w.]+\))?: ", line)]
+    return (ours or raised or lines or ["see the trial's error file"])[-1]
 
 
 def _tuner(trainable, jobs: StudyJobs, name: str, tune_config, callbacks, param_space=None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from scaling.data.shards import Preprocess, prepare_shards
 from scaling.train.faults import DIVERGED_IN, DIVERGED_STEP, DIVERGED_VALUE
 from scaling.train.job import run_local
 from scaling.train.loop import JobSpec
+from test_study import CONFIGS, runs, study
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOLUTION = 32
@@ -97,11 +99,8 @@ def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tm
     import pandas as pd
 
     out = tmp_path / "study"
-    run = subprocess.run([sys.executable, str(ROOT / "studies" / "scaling_law.py"), "--config",
-                          str(ROOT / "studies" / "configs" / "smoke.yaml"), "--out", str(out),
-                          f"data.cache_dir={tmp_path / 'cache'}", "sweep.sources=[scratch]",
-                          "sweep.trials_per_cell=3", "finetune.lr_range=[0.01, 1.0e+8]"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    run = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.sources=[scratch]",
+                "sweep.trials_per_cell=3", "finetune.lr_range=[0.01, 1.0e+8]", cache=tmp_path / "cache")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = pd.read_parquet(out / "results.parquet")
     assert set(table["status"]) == {"finished", "diverged"}, table[["trial", "status", "lr"]]
@@ -112,9 +111,13 @@ def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tm
     for _, row in diverged.iterrows():
         assert f"{row['status_detail']} {row['trial']}" in run.stdout  # the live view said so
 
+    children = runs(out / "mlflow.db").set_index("job")
+    assert (children.loc[diverged["trial"], "status"] == "FAILED").all()
+    assert (children.loc[finished["trial"], "status"] == "FINISHED").all()
+
     # Optuna was told: pruned (ranked below every complete trial by TPE), never failed
-    study = optuna.load_study(study_name="finetune", storage=f"sqlite:///{out / 'optuna.db'}")
-    states = sorted(t.state.name for t in study.trials)
+    search = optuna.load_study(study_name="finetune", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = sorted(t.state.name for t in search.trials)
     assert states == sorted(["PRUNED"] * len(diverged) + ["COMPLETE"] * len(finished))
 
     page = (out / "dashboard.html").read_text()
@@ -122,3 +125,19 @@ def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tm
     marked = {r["trial"]: r for r in data["trials"] if r["status"] != "finished"}
     assert set(marked) == set(diverged["trial"]) and "status" in data["trial_columns"]
     assert all(r["status_detail"].startswith("diverged at step") for r in marked.values())
+
+
+@pytest.mark.slow
+def test_a_diverged_pretraining_job_fails_its_stage_naming_the_job_step_and_value(tmp_path):
+    """On the cluster path (a Train worker per job): a learning rate beyond float32 makes the first update
+    overflow the weights; the stage stops before fine-tuning, with nothing stored for the job."""
+    out = tmp_path / "study"
+    run = study("--config", str(CONFIGS / "smoke.yaml"), "--out", str(out), "sweep.sources=[medical]",
+                "pretrain.lr=1.0e+40", "resources.num_workers=1", cache=tmp_path / "cache")
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    said = next(line for line in run.stdout.splitlines() if "pre-training failed for" in line)
+    assert re.search(r"pre-training job pre-w8-medical-300-s0 diverged at step \d+ \((train_loss|val_logits) "
+                     r"(nan|-?inf)\); lower pretrain.lr \(now 1e\+40\)", said), said
+    entry = json.loads((out / "pretrain" / "pre-w8-medical-300-s0.json").read_text())
+    assert entry["status"] == "diverged" and entry["metrics"][DIVERGED_STEP] >= 1
+    assert not list((out / "checkpoints").rglob("state.pt")) and not (out / "trials").exists()
