@@ -127,8 +127,12 @@ class StudyCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         name, _ = self.describe(trial.config)
         result = trial.last_result or {}
-        self._end(name, "diverged" if DIVERGED_STEP in result else "failed", result, "FAILED",
-                  error=error_line(trial.get_error()), error_file=str(trial.error_file or "see logs"))
+        # the driver's own copy of the trace: the one in the run's storage may not be synced yet
+        local = Path(trial.error_file) if trial.error_file else None
+        error = error_line(local.read_text() if local and local.is_file() else trial.get_error())
+        diverged = DIVERGED_STEP in result or error.startswith(PretrainDiverged.__name__)
+        self._end(name, "diverged" if diverged else "failed", result, "FAILED", error=error,
+                  error_file=str(trial.error_file or "see logs"))
 
     def _end(self, name: str, status: str, result: dict, mlflow_status: str, **extra) -> None:
         metrics = {k: v for k, v in result.items()
