@@ -18,8 +18,8 @@ from scaling.tracking import REOPEN_UI, TrackingServer
 
 DASHBOARD = "dashboard.html"
 HYPER = ("lr", "weight_decay", "sample")
-TRIAL_COLUMNS = ("trial", "source", "model", "pretrain_size", "target_size", "budget", "shots", "test_roc_auc",
-                 "test_roc_auc_sd", "val_roc_auc", "lr", "weight_decay")
+TRIAL_COLUMNS = ("trial", "status", "source", "model", "pretrain_size", "target_size", "budget", "shots",
+                 "test_roc_auc", "test_roc_auc_sd", "val_roc_auc", "lr", "weight_decay")
 
 __all__ = ["DASHBOARD", "StudyDirError", "build"]
 
@@ -29,10 +29,13 @@ def _records(frame) -> list[dict]:
 
 
 def _trials(study: Study) -> tuple[list[dict], list[str]]:
-    trials = charts.finished(study.results)
+    """Every trial, finished ones first; one that diverged or failed is marked in its status cell, with why."""
+    trials = study.results
+    if len(trials):
+        trials = trials.assign(_order=trials["status"] != "finished").sort_values("_order", kind="stable")
     columns = [c for c in TRIAL_COLUMNS if c in trials] + ["mlflow"]
     runs = study.runs.get("runs", {})
-    rows = _records(trials[[c for c in {*columns, *HYPER, *charts.FILTERS} if c in trials]])
+    rows = _records(trials[[c for c in {*columns, *HYPER, *charts.FILTERS, "status_detail"} if c in trials]])
     for row in rows:
         run = runs.get(row["trial"], {})
         row.update(run_id=run.get("run_id", ""), link=run.get("link", ""))

@@ -40,9 +40,12 @@ function renderTrials() {
   for (const r of rows) {
     const tr = document.createElement('tr');
     tr.title = D.hyper.map(h => h + ' = ' + cell(r[h], 5)).join('\n');
+    if (r.status && r.status !== 'finished') tr.className = 'unfinished status-' + r.status;
     for (const c of D.trial_columns) {
       const td = document.createElement('td');
-      if (c === 'mlflow') {
+      if (c === 'status' && r.status !== 'finished') {
+        td.textContent = '\u26a0 ' + r.status + (r.status_detail ? ': ' + r.status_detail : '');
+      } else if (c === 'mlflow') {
         if (r.link) { const a = document.createElement('a'); a.href = r.link; a.textContent = r.run_id.slice(0, 8);
                       a.target = '_blank'; td.appendChild(a); }
       } else { td.textContent = cell(r[c], 3); }
@@ -110,6 +113,7 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; border-bottom
 table { border-collapse: collapse; font-size: 12px; }
 td, th { border-bottom: 1px solid #eee; padding: 2px 8px; text-align: left; }
 #trials th { cursor: pointer; background: #fafafa; }
+#trials tr.unfinished td { color: #a11; }
 .note { color: #7a4b00; background: #fff6e0; padding: .4em .6em; display: inline-block; }
 .verdict-supported td:last-child { color: #0a6b2b; font-weight: 600; }
 .verdict-contradicted td:last-child { color: #a11; font-weight: 600; }
@@ -153,7 +157,8 @@ lies above 0; contradicted: below; inconclusive: it holds 0).</p>
 <table id="findings"><thead><tr><th>statement</th><th>AUC difference</th><th>95% interval</th><th>seeds</th>
 <th>bootstrap</th><th>verdict</th></tr></thead><tbody></tbody></table>
 <h2>Trials</h2><p><span id="trial-count"></span>; click a column to sort, hover a row for its hyper-parameters,
-follow its run to MLflow.</p>
+follow its run to MLflow. A trial that did not finish is marked &#9888; with its status and why (e.g. the step
+where its loss diverged).</p>
 <table id="trials"><thead><tr>{header}</tr></thead><tbody></tbody></table>
 <h2>Provenance</h2>{provenance}
 <script type="application/json" id="dashboard-data">{payload}</script>

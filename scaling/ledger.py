@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-#: statuses of trials that are not run again
-ENDED = ("finished", "stopped")
+#: statuses of trials that are not run again (a diverged trial, seeded, would diverge again)
+ENDED = ("finished", "stopped", "diverged")
 
 
 class Ledger:

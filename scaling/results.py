@@ -12,6 +12,7 @@ import pandas as pd
 
 from scaling.plan import BOTH, SCRATCH
 from scaling.publish import publish_file
+from scaling.train.faults import DIVERGED_STEP, describe_divergence
 
 #: FLOPs of a training step per image: forward + backward ~ 3x the forward
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -21,7 +22,9 @@ def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
     rows = []
     for name, entry in sorted(ledger_entries.items()):
         metrics = entry.get("metrics", {})
-        row = {"trial": name, "status": entry["status"]}
+        # what ended a trial that did not finish: where it diverged, or its error (e.g. out of memory)
+        row = {"trial": name, "status": entry["status"], "status_detail": describe_divergence(metrics)
+               if DIVERGED_STEP in metrics else entry.get("error", "")}
         row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "sample",
                                             "target_subset", "target_size", "lr", "weight_decay", "params",
                                             "flops_per_image")})

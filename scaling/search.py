@@ -6,6 +6,12 @@ trial -- Optuna fixes those axes and samples only the hyper-parameters. One sear
 from every trial; `PerCellASHA` stops a trial only against trials of its own cell, since a fine-tuning budget or
 a source changes what a good validation AUC is.
 
+A trial whose loss stopped being finite (it reports `DIVERGED_STEP`, its metrics NaN) is told to Optuna as PRUNED,
+not FAIL and not a made-up worst value: TPE ranks pruned trials below every complete one, so it learns to avoid
+that region, while FAIL trials are ignored (it would sample there again) and an invented AUC of 0 would pass
+for a measurement in the study's values. ASHA stops it at that report and never records its NaN in a rung, so
+it is not promoted and does not shift the other trials' cut-offs.
+
 The Optuna study lives in the study directory (`optuna.db`, SQLite: `optuna-dashboard sqlite:///<study>/optuna.db`
 opens it) and holds one trial per grid point: a resumed sweep continues that study instead of adding trials (see
 `make_searcher`).
@@ -14,10 +20,12 @@ from __future__ import annotations
 
 import math
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from scaling.ledger import ENDED
 from scaling.plan import FinetunePoint, all_pretrain_sizes
+from scaling.train.faults import DIVERGED_STEP
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
 METRIC = "val_roc_auc"
@@ -69,7 +77,6 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
     What it cannot undo: a trial that failed stays in the study as FAIL beside its retry."""
     import optuna
     from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
 
     space = GridSpace(cfg)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
@@ -83,6 +90,9 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
         known.add(name)
         entry = ledger.get(name, {})
         if trial.state == TrialState.RUNNING:
+            if entry.get("status") == "diverged":
+                study.tell(trial.number, state=TrialState.PRUNED)
+                continue
             if entry.get("status") in ENDED and _value(entry) is not None:
                 study.tell(trial.number, _value(entry))
                 continue
@@ -95,14 +105,27 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
             else:  # a leftover for a point that ended or is queued already: never asked for
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     for name, entry in ledger.items():
-        if name not in known and entry["status"] in ENDED and _value(entry) is not None:
+        if name not in known and entry["status"] == "diverged":
+            study.add_trial(optuna.trial.create_trial(params=_params(entry), distributions=space.distributions(),
+                                                      state=TrialState.PRUNED))
+        elif name not in known and entry["status"] in ENDED and _value(entry) is not None:
             study.add_trial(optuna.trial.create_trial(params=_params(entry), distributions=space.distributions(),
                                                       value=_value(entry)))
     for point in pending:
         if point.name not in waiting:
             started = ledger.get(point.name, {})
             study.enqueue_trial({**point.as_dict(), **{k: started[k] for k in ("lr", "weight_decay") if k in started}})
-    return OptunaSearch(space, metric=METRIC, mode="max", sampler=sampler, study_name=STUDY_NAME, storage=storage)
+    return _Search(space, metric=METRIC, mode="max", sampler=sampler, study_name=STUDY_NAME, storage=storage)
+
+
+class _Search(OptunaSearch):
+    """OptunaSearch that tells a diverged trial as PRUNED (see the module docstring); OptunaSearch prunes a trial
+    that completes without the metric."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and DIVERGED_STEP in result:
+            result, error = None, False
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def _value(entry: dict) -> float | None:
@@ -138,10 +161,15 @@ class PerCellASHA(FIFOScheduler):
         self._cell(trial).on_trial_add(controller, trial)
 
     def on_trial_result(self, controller, trial, result):
+        if DIVERGED_STEP in result:  # stopped here, its NaN kept out of the rungs
+            return TrialScheduler.STOP
         return self._cell(trial).on_trial_result(controller, trial, result)
 
     def on_trial_complete(self, controller, trial, result):
-        self._cell(trial).on_trial_complete(controller, trial, result)
+        if result and DIVERGED_STEP in result:
+            self._cell(trial).on_trial_remove(controller, trial)
+        else:
+            self._cell(trial).on_trial_complete(controller, trial, result)
 
     def on_trial_remove(self, controller, trial):
         self._cell(trial).on_trial_remove(controller, trial)

@@ -184,11 +184,12 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
         if todo:
             sweep.run_pretraining(jobs, todo, concurrent, tracker, progress, pretrain_ledger)
         missing = [j.name for j in wave if not store.exists(jobs.pretrain_key(j))]
-        failed = [name for name in missing if pretrain_ledger.get(name).get("status") == "failed"]
+        failed = {name: pretrain_ledger.get(name).get("error", "") for name in missing
+                  if pretrain_ledger.get(name).get("status") in ("failed", "diverged")}
         stops.check(interrupted=len(failed) < len(missing))
         if failed:
-            progress.say(f"pre-training failed for {', '.join(failed)}; see {study_dir / 'logs'}; "
-                         "run the same command again to retry")
+            progress.say(f"pre-training failed for {'; '.join(f'{n} ({e})' for n, e in failed.items())}; see "
+                         f"{study_dir / 'logs'}; run the same command again to retry")
             return EXIT_FAILED
 
     ledger = Ledger(study_dir / "trials")

@@ -7,6 +7,11 @@ from search.py; this module runs them and, in `StudyCallback`, records them.
 Pre-training: one Tune trial per unique job; each builds its checkpoint through the content-addressed store,
 so a job finished earlier (or by a concurrent study) is reused, not retrained.
 
+Faults of a job: one whose loss stops being finite ends as `diverged` (recorded with its step and value, told to
+Optuna as pruned, stopped by ASHA, not retried: seeded, it would diverge again); one that fails (e.g. out of
+memory, with the loop's message) ends as `failed`, is retried on the next run, and the sweep goes on either way.
+A diverged pre-training job fails its trial, so no checkpoint of it is stored.
+
 Resume: the trial ledger (ledger.py) records each trial's hyper-parameters when it starts and its outcome
 when it ends. A restarted sweep skips ended trials, continues the Optuna study, re-runs interrupted trials
 with their recorded hyper-parameters, and each job picks up its last checkpoint under its stable name.
@@ -14,6 +19,7 @@ with their recorded hyper-parameters, and each job picks up its last checkpoint 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,10 +30,15 @@ from scaling.config import ConfigError
 from scaling.jobs import StudyJobs, model_params
 from scaling.plan import FinetunePoint, PretrainJob
 from scaling.search import METRIC, PerCellASHA, make_searcher, point_of
+from scaling.train.faults import DIVERGED_STEP, describe_divergence
 
 
 class ClusterTooSmall(ConfigError):
     """The resources the config asks for one job exceed the whole Ray cluster."""
+
+
+class PretrainDiverged(RuntimeError):
+    """A pre-training job's loss stopped being finite: there is no checkpoint to store."""
 
 
 def concurrency(cfg, cluster: dict) -> int:
@@ -51,7 +62,7 @@ def concurrency(cfg, cluster: dict) -> int:
 
 def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
     """A Tune trial: the pre-training checkpoint of one job, built through the store unless it exists."""
-    from scaling.train.job import export_weights, run_job
+    from scaling.train.job import divergence, export_weights, run_job
     from scaling.train.store import STATE_FILE, CheckpointStore
 
     job = PretrainJob(**config["job"])
@@ -59,6 +70,9 @@ def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
     def build(tmp: Path) -> None:
         result = run_job(jobs.pretrain_spec(job), name=job.name, storage_path=jobs.jobs_dir,
                          resources=jobs.cfg.resources, tune=True)
+        if found := divergence(result):
+            raise PretrainDiverged(f"pre-training job {job.name} {describe_divergence(found)}; lower pretrain.lr "
+                                   f"(now {jobs.cfg.pretrain.lr:g})")
         export_weights(result, tmp / STATE_FILE)
 
     CheckpointStore(jobs.store_dir).get_or_create(jobs.pretrain_parts(job), build)
@@ -104,21 +118,44 @@ class StudyCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         name, params = self.describe(trial.config)
         result = trial.last_result or {}
+        if DIVERGED_STEP in result:
+            self._end(name, "diverged", result, "FAILED")
+            return
         complete = result.get("step") == params.get("budget", result.get("step"))
         self._end(name, "finished" if complete else "stopped", result, "FINISHED" if complete else "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name, _ = self.describe(trial.config)
-        self._end(name, "failed", trial.last_result or {}, "FAILED", error=str(trial.error_file or "see logs"))
+        result = trial.last_result or {}
+        # the driver's own copy of the trace: the one in the run's storage may not be synced yet
+        local = Path(trial.error_file) if trial.error_file else None
+        error = error_line(local.read_text() if local and local.is_file() else trial.get_error())
+        diverged = DIVERGED_STEP in result or error.startswith(PretrainDiverged.__name__)
+        self._end(name, "diverged" if diverged else "failed", result, "FAILED", error=error,
+                  error_file=str(trial.error_file or "see logs"))
 
     def _end(self, name: str, status: str, result: dict, mlflow_status: str, **extra) -> None:
-        metrics = {k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_", "eval_", "step"))}
+        metrics = {k: v for k, v in result.items()
+                   if k.startswith(("val_", "test_", "train_", "eval_", "step", "diverged_"))}
         artifacts = {f"{split}_confusion.json": json.loads(metrics[f"{split}_confusion"])
                      for split in ("val", "test") if isinstance(metrics.get(f"{split}_confusion"), str)}
         self.tracker.finish(self.tracker.child(name, self.kind, {}), mlflow_status, artifacts)
         if self.ledger is not None:
             self.ledger.update(name, status=status, metrics=metrics, ended_at=time.time(), **extra)
-        self.progress.ended(name, status, result.get(METRIC))
+        if DIVERGED_STEP in result:
+            self.progress.ended(name, describe_divergence(result), None)
+        else:
+            self.progress.ended(name, f"{status} ({extra['error']})" if "error" in extra else status,
+                                result.get(METRIC))
+
+
+def error_line(trace: str | None) -> str:
+    """The line of a trial's error trace that says what went wrong: this package's own fault (out of memory, a
+    diverged pre-training job) wherever Ray and Train's wrappers put it, else the last exception raised."""
+    lines = [line.strip() for line in (trace or "").splitlines() if line.strip()]
+    ours = [m[0] for line in lines if (m := re.search(r"\b(OutOfMemory|PretrainDiverged): .*", line))]
+    raised = [line for line in lines if re.match(r"[\w.]+(\([\w.]+\))?: ", line)]
+    return (ours or raised or lines or ["see the trial's error file"])[-1]
 
 
 def _tuner(trainable, jobs: StudyJobs, name: str, tune_config, callbacks, param_space=None):

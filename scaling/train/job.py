@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from scaling.train.faults import DIVERGED_IN, DIVERGED_STEP, DIVERGED_VALUE
 from scaling.train.loop import STATE_FILE, JobSpec, train_loop
 
 #: a start that keeps failing (e.g. workers that cannot be placed) must end, not retry for ever
@@ -76,6 +77,13 @@ def run_local(spec: JobSpec, *, name: str, storage_path: str | Path, tune: bool 
     # the loop's final metrics and its persisted checkpoint, whether or not its reports went to Tune
     return dataclasses.replace(result, metrics=result.return_value, path=str(folder),
                                checkpoint=LocalSession(folder, tune=tune).latest())
+
+
+def divergence(result) -> dict | None:
+    """Where a finished job diverged (the loop's `DIVERGED_*` keys), or None: rank 0's return value says, on
+    either path (a diverged job reports no checkpoint, so Train's `Result.metrics` would not)."""
+    metrics = result.return_value or {}
+    return {k: metrics[k] for k in (DIVERGED_STEP, DIVERGED_VALUE, DIVERGED_IN)} if DIVERGED_STEP in metrics else None
 
 
 def export_weights(result, dest: str | Path) -> None:

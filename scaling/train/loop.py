@@ -72,8 +72,9 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     import ray.train.torch
     from scaling.data.shards import ShardDataset, ShardSet
     from scaling.data.subsets import balanced_sampler_weights
-    from scaling.train import memory
+    from scaling.train import faults, memory
     from scaling.train.batches import StepBatches
+    from scaling.train.metrics import METRICS
     from scaling.train.optim import make_optimizer, make_scheduler
     from scaling.train.session import TrainSession
 
@@ -123,12 +124,22 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and spec.bf16)
 
     step, micro = start, 0
+    divergence = faults.Divergence(device)
     # time spent in steps (data loading included) and in evaluation, to tell training from overhead
     clock = {"train_seconds": 0.0, "eval_seconds": 0.0, "first_step_at": time.time()}
+
+    def report_divergence(found: dict) -> dict:
+        # no checkpoint of weights that are no longer finite: the job's last one stays the one before
+        metrics = {"step": step, **faults.diverged_metrics(found, METRICS), **spec.tags, **clock,
+                   **memory_metrics, "start_step": start, "reported_at": time.time()}
+        session.report({k: v for k, v in metrics.items() if _is_scalar(v)}, None)
+        return metrics
 
     def evaluate_and_report() -> dict:
         started = time.perf_counter()
         val = [_outputs(r.model, val_set, device, autocast, world) for r in replicas]
+        if found := divergence.check(world, step, [z for z, _ in val]):
+            return report_divergence(found)
         metrics = {"step": step, "train_loss": float(np.mean([float(r.loss) for r in replicas])),
                    "lr": replicas[0].scheduler.get_last_lr()[0],
                    **_prefixed("val", _replica_mean([_evaluate(task.kind, *o) for o in val]))}
@@ -152,28 +163,37 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     tick = time.perf_counter()
     for r in replicas:
         r.model.train()
-    for batches in zip(*loaders):
-        last_micro = micro == recipe.grad_accum - 1
-        for r, (images, labels) in zip(replicas, batches):
-            # augmentation, like the batches, is a function of (seed, step): a resumed job replays it exactly
-            r.augment_rng.manual_seed(hash((r.seed, step, micro, rank)) & 0x7FFFFFFF)
-            images = _prepare(images, device, train=recipe.augment, rng=r.augment_rng, on_gpu=on_gpu)
-            with _no_sync_unless(r.model, last_micro), autocast:
-                loss = _loss(task.kind, r.model(images), labels.to(device)) / recipe.grad_accum
-            loss.backward()
-            if last_micro:
-                r.optimizer.step()
-                r.optimizer.zero_grad(set_to_none=True)
-                r.scheduler.step()
-                r.loss = loss.detach() * recipe.grad_accum  # a tensor: no device sync per step
-        micro += 1
-        if not last_micro:
-            continue
-        step, micro = step + 1, 0
-        if step % recipe.eval_every == 0 or step == recipe.steps:
-            clock["train_seconds"] += time.perf_counter() - tick
-            metrics = evaluate_and_report()
-            tick = time.perf_counter()
+    try:
+        for batches in zip(*loaders):
+            last_micro = micro == recipe.grad_accum - 1
+            for r, (images, labels) in zip(replicas, batches):
+                # augmentation, like the batches, is a function of (seed, step): a resumed job replays it exactly
+                r.augment_rng.manual_seed(hash((r.seed, step, micro, rank)) & 0x7FFFFFFF)
+                images = _prepare(images, device, train=recipe.augment, rng=r.augment_rng, on_gpu=on_gpu)
+                with _no_sync_unless(r.model, last_micro), autocast:
+                    loss = _loss(task.kind, r.model(images), labels.to(device))
+                divergence.observe(loss, step + 1)
+                (loss / recipe.grad_accum).backward()
+                if last_micro:
+                    r.optimizer.step()
+                    r.optimizer.zero_grad(set_to_none=True)
+                    r.scheduler.step()
+                    r.loss = loss.detach()  # a tensor: no device sync per step
+            micro += 1
+            if not last_micro:
+                continue
+            step, micro = step + 1, 0
+            if step % recipe.eval_every == 0 or step == recipe.steps:
+                clock["train_seconds"] += time.perf_counter() - tick
+                metrics = evaluate_and_report()
+                if faults.DIVERGED_STEP in metrics:
+                    return metrics
+                tick = time.perf_counter()
+    except RuntimeError as error:
+        if not faults.is_out_of_memory(error):
+            raise
+        raise faults.out_of_memory(error, step=step + 1, kind=spec.kind, recipe=recipe, world=world,
+                                   device=device) from error
     return metrics
 
 
