@@ -103,7 +103,12 @@ def main() -> None:
         table = pd.read_parquet(study / "results.parquet")
         parts = []
         if args.saliency:
-            parts.append(("saliency", _saliency(table, study, args.cache_dir)))
+            from scaling.config import ConfigError
+
+            try:
+                parts.append(("saliency", _saliency(table, study, args.cache_dir)))
+            except ConfigError as e:  # a study's config.yaml that load_config refuses (e.g. empty lists)
+                print(f"saliency not timed: {study / 'config.yaml'}: {e}")
         parts += [("analysis", lambda: analysis.analyse(table, study, 0, lambda _: None)),
                   ("trust figures", lambda: trust.trust_figures(table, study, 0)),
                   ("dashboard", lambda: dashboards.build(study))]
