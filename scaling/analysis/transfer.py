@@ -69,8 +69,8 @@ def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | N
         boot_errors = np.array([_cell_errors(cell, draws, n_seeds) for _, cell in trials])  # (cells, N_BOOT)
         boot_sizes = np.full(boot_errors.shape, np.nan)
         for i, d in enumerate(draws):
-            try:  # refitted from the law on every seed, as the residual bootstrap of a law is
-                boot_law = fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2, warm=law)
+            try:  # from the full grid of starts: a warm start from `law` bounded 2 of 34 intervals of the default
+                boot_law = fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2)
             except FitError:
                 continue
             boot_sizes[:, i] = scratch_size_for(boot_law, boot_errors[:, i])

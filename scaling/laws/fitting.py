@@ -179,16 +179,13 @@ class _Problem:
                             method="trf", x_scale="jac", max_nfev=MAX_NFEV_PER_PARAM * (1 + int(free.sum())))
         return self.full(sol.x)
 
-    def solve(self, warm: np.ndarray | None = None) -> np.ndarray:
+    def solve(self) -> np.ndarray:
         ly = self.data.ly
-        if warm is not None:  # a nearby optimum (a bootstrap refit of a law): one local optimisation from it
-            fits = [self.local(warm, ly)]
-        else:
-            starts = np.array([self.clip(s) for s in self.form.starts(self.data) if np.all(np.isfinite(s))])
-            if not len(starts):
-                raise FitError(f"form {self.form.name!r}: no valid starting point for these data")
-            order = np.argsort([self.loss(s, ly) for s in starts])
-            fits = [self.local(starts[i], ly) for i in order[:N_LOCAL_STARTS]]
+        starts = np.array([self.clip(s) for s in self.form.starts(self.data) if np.all(np.isfinite(s))])
+        if not len(starts):
+            raise FitError(f"form {self.form.name!r}: no valid starting point for these data")
+        order = np.argsort([self.loss(s, ly) for s in starts])
+        fits = [self.local(starts[i], ly) for i in order[:N_LOCAL_STARTS]]
         best = min(fits, key=lambda t: self.loss(t, ly))
         if not np.all(np.isfinite(best)) or not np.isfinite(self.loss(best, ly)):
             raise FitError(f"form {self.form.name!r} did not converge to finite parameters")
@@ -196,14 +193,12 @@ class _Problem:
 
 
 def _solve(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, delta: float,
-           chance: float | None, warm: Fit | None = None) -> tuple[np.ndarray, _Problem]:
+           chance: float | None) -> tuple[np.ndarray, _Problem]:
     if len(y) < 2:
         raise FitError(f"form {form.name!r} cannot be fitted to {len(y)} point(s)")
     problem = _Problem.make(form, arrays, y, delta, chance)
     _check_enough(form, arrays, y, n_fixed=int((~problem.free).sum()))
-    # the warm start's internal parameters mean the same only on the same centring of x
-    usable = warm is not None and warm.form == form.name and np.array_equal(warm._problem.log_ref, problem.log_ref)
-    return problem.solve(warm._theta if usable else None), problem
+    return problem.solve(), problem
 
 
 # --- the result ---------------------------------------------------------------------------------------------
@@ -421,8 +416,7 @@ def _target(y: ArrayLike, n: int) -> np.ndarray:
 
 def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str] | None = None,
         x_min: float | None = None, huber_delta: float = DEFAULT_HUBER_DELTA, chance: float | None = None,
-        frontier_bins: int | None = None, holdout: float = 0.2, n_boot: int = 200, seed: int = 0,
-        warm: Fit | None = None) -> Fit:
+        frontier_bins: int | None = None, holdout: float = 0.2, n_boot: int = 200, seed: int = 0) -> Fit:
     """Fit a scaling law ``y = f(x)``.
 
     Args:
@@ -443,8 +437,6 @@ def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str]
         frontier_bins: fit only the Pareto frontier, the best y in each of this many log-spaced x bins.
         holdout: fraction of distinct x values (the largest) held out when ``form="auto"`` selects.
         n_boot, seed: bootstrap replicates and seed for ``ci`` and ``predict_interval``.
-        warm: a law of the same form fitted to nearly the same data (e.g. the full data of a bootstrap): one local
-            optimisation from its parameters replaces the grid of starts, as the residual bootstrap does.
 
     Raises:
         FitError: NaN/inf, non-positive x or y, constant y, mismatched lengths, fewer points than the form
@@ -500,7 +492,7 @@ def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str]
         chosen = choose_form(selection)
 
     form_obj = FORMS[chosen]
-    theta, problem = _solve(form_obj, arrays, ys, huber_delta, chance, warm)
+    theta, problem = _solve(form_obj, arrays, ys, huber_delta, chance)
     public = form_obj.to_public(theta, problem.log_ref)
     if not np.all(np.isfinite(public)):
         raise FitError(f"form {chosen!r}: parameters overflow in the units of the data: {public}")
