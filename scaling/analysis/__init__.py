@@ -47,11 +47,12 @@ def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
     for axis, why in absent.items():
         log(f"analysis: no {axis} laws: {why}")
     result = findings(best, study_dir, seed)
+    stored = [{k: v for k, v in f.items() if k != "law"} for f in fits]  # the fitted object is for the figures
     (study_dir / "fits.json").write_text(json.dumps(
-        {"laws": fits + transfer_laws, "effective_data": cells, "absent": absent}, indent=1, default=plain))
+        {"laws": stored + transfer_laws, "effective_data": cells, "absent": absent}, indent=1, default=plain))
     (study_dir / "findings.json").write_text(json.dumps(result, indent=1, default=plain))
-    figures = draw_figures(points, cells, study_dir / "figures", seed)
-    fits = [{k: v for k, v in f.items() if k != "curve"} for f in fits]  # the curves are for the dashboard
+    figures = draw_figures(points, fits, cells, study_dir / "figures", seed)
+    fits = [{k: v for k, v in f.items() if k != "curve"} for f in stored]  # the curves are for the dashboard
     return {"fits": fits, "effective_data": cells, "absent": absent, "findings": result,
             "figures": [str(p) for p in figures], "table": summary_table(best)}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis.grid import SCRATCH, cell_columns, plain
-from scaling.laws.compare import Contrast, contrast_images, contrast_seeds, verdict
+from scaling.laws.compare import Contrast, ImageBootstrap, contrast_seeds, verdict
 
 PAIRS = (("medical", SCRATCH), ("natural", SCRATCH), ("both", "medical"), ("medical", "natural"))
 #: axis column -> how a statement names it
@@ -36,15 +36,17 @@ class Evidence:
             if path.exists():
                 with np.load(path) as f:
                     self.images[trial] = (np.asarray(f["probs"], float), np.asarray(f["labels"]))
+        self._boot: dict[tuple[int, int], ImageBootstrap] = {}  # by (seeds, seed): one set of draws per pairing
 
     def contrast(self, weights: dict[str, float], seed: int) -> Contrast:
         trials = list(weights)
         w = [weights[t] for t in trials]
         if all(t in self.images for t in trials):
             seeds = min(self.images[t][0].shape[0] for t in trials)
-            labels = self.images[trials[0]][1]
-            return contrast_images(w, [self.images[t][0][:seeds] for t in trials], labels, n_boot=N_BOOT,
-                                   seed=seed)
+            if (seeds, seed) not in self._boot:
+                self._boot[seeds, seed] = ImageBootstrap(self.images[trials[0]][1], seeds, n_boot=N_BOOT, seed=seed)
+            return self._boot[seeds, seed].contrast(w, [self.images[t][0][:seeds] for t in trials],
+                                                    keys=[(t, seeds) for t in trials])
         seeds = min(len(self.aucs[t]) for t in trials)  # paired by seed index: the same seed list for all
         return contrast_seeds(w, [self.aucs[t][:seeds] for t in trials], n_boot=N_BOOT, seed=seed)
 

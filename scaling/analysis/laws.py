@@ -51,7 +51,7 @@ def heldout(x, y, form: str, seed: int) -> dict:
 def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
     grid = np.geomspace(x.min(), EXTRAPOLATE * x.max(), CURVE_POINTS)
     low, high = law.predict_interval(grid)
-    return {"form": law.form, "formula": law.formula, "params": law.params,
+    return {"law": law, "form": law.form, "formula": law.formula, "params": law.params,
             "ci": {k: list(v) for k, v in law.ci.items()}, "rmse_log": law.rmse, "n_points": int(len(y)),
             "heldout": heldout(x, y, law.form, seed),
             "curve": {"x": grid.tolist(), "y": law.predict(grid).tolist(), "low": low.tolist(),

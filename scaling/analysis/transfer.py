@@ -32,10 +32,10 @@ def _quantiles(values: np.ndarray) -> list[float | None]:
     return [None if abs(v) >= 1e299 else float(v) for v in q]
 
 
-def _cell_errors(points: pd.DataFrame, seeds: np.ndarray) -> float:
-    """Mean test error of one trial's points over the drawn seed indices."""
-    by_seed = points.set_index("seed_index")["test_error"]
-    return float(by_seed.reindex(seeds).mean())
+def _cell_errors(points: pd.DataFrame, draws: np.ndarray, n_seeds: int) -> np.ndarray:
+    """Mean test error of one trial's points over each draw's seed indices (a seed it lacks is skipped)."""
+    by_seed = points.set_index("seed_index")["test_error"].reindex(range(n_seeds)).to_numpy(float)
+    return np.nanmean(by_seed[draws], axis=1)
 
 
 def _scratch_points(scratch: pd.DataFrame, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,19 +65,20 @@ def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | N
             continue
         seen = scratch.groupby("target_size")["test_error"].mean()
         draws = rng.integers(0, n_seeds, size=(N_BOOT, n_seeds))
-        boot_laws = []
-        for d in draws:
-            try:
-                boot_laws.append(fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2))
+        trials = list(tuned.groupby("trial"))
+        boot_errors = np.array([_cell_errors(cell, draws, n_seeds) for _, cell in trials])  # (cells, N_BOOT)
+        boot_sizes = np.full(boot_errors.shape, np.nan)
+        for i, d in enumerate(draws):
+            try:  # from the full grid of starts: a warm start from `law` bounded 2 of 34 intervals of the default
+                boot_law = fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2)
             except FitError:
-                boot_laws.append(None)
-        for trial, cell in tuned.groupby("trial"):
+                continue
+            boot_sizes[:, i] = scratch_size_for(boot_law, boot_errors[:, i])
+        for (trial, cell), boot in zip(trials, boot_sizes):
             first = cell.iloc[0]
             d_target = float(first["target_size"])
             error = float(cell["test_error"].mean())
             d_e = float(scratch_size_for(law, error)[0])
-            boot = np.array([float(scratch_size_for(b, _cell_errors(cell, d))[0]) if b is not None else np.nan
-                             for b, d in zip(boot_laws, draws)])
             where = "within" if seen.min() <= error <= seen.max() else "below" if error < seen.min() else "above"
             cells.append({
                 **dict(zip(GROUP, map(plain, key))), "trial": trial, "source": first["source"],

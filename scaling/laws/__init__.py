@@ -53,7 +53,7 @@ per-seed AUCs (``contrast_seeds``); ``verdict`` reads it as supported / contradi
 Figures (``scaling.laws.plots``, imported on first use)
 -------------------------------------------------------
 All take a results DataFrame and column names, return a matplotlib ``Figure``; :func:`save_figure` writes
-PNG, SVG and PDF in one style with a colour-blind-safe palette. With the study's columns (``source`` in
+PNG and SVG (PDF when asked) in one style with a colour-blind-safe palette. With the study's columns (``source`` in
 scratch/natural/medical/both, ``model``, ``params``, ``pretrain_size``, ``budget``, ``seed``, ``test_auc``,
 ``test_error``):
 

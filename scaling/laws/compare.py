@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm, rankdata, t
 
-CHUNK = 100  # bootstrap replicates ranked at once: (CHUNK, seeds, images) floats stay a few MB
+CHUNK = 100  # replicates are drawn in chunks of this many (the order of the draws, and so the intervals, of earlier versions)
 
 
 @dataclass(frozen=True)
@@ -61,31 +61,84 @@ def _interval(estimate: float, draws: np.ndarray, level: float) -> tuple[float, 
     return float(low), float(high)
 
 
+def _weighted_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each row of ``scores`` (rows, images) on every resample of the images given as ``counts``
+    (replicates, images: how often each image was drawn), shape (rows, replicates). Equal to :func:`auc` of the
+    resampled scores (the Mann-Whitney count over drawn positive-negative pairs, ties half), but each row is
+    sorted once instead of once per replicate: about 30 times faster on 1000 replicates of 400 images."""
+    positive = labels.astype(bool)
+    out = np.empty((len(scores), len(counts)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for row, s in enumerate(scores):
+            order = np.argsort(s, kind="stable")
+            ordered = s[order]
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # groups of tied scores
+            c = counts[:, order]
+            pos = np.add.reduceat(c * positive[order], starts, axis=1)
+            neg = np.add.reduceat(c * ~positive[order], starts, axis=1)
+            below = np.cumsum(neg, axis=1) - neg  # drawn negatives scored strictly lower
+            out[row] = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+    return out
+
+
+class ImageBootstrap:
+    """Bootstrap replicates over seeds and test images, drawn once and shared by every run and contrast on one
+    test set (the pairing): each run's replicate AUCs are computed once and reused by every contrast it is in
+    (``key`` names a run; None computes afresh)."""
+
+    def __init__(self, labels: np.ndarray, n_seeds: int, *, n_boot: int = 1000, seed: int = 0):
+        self.labels = np.asarray(labels)
+        self.n_seeds, self.n_boot = n_seeds, n_boot
+        rng = np.random.default_rng(seed)
+        seeds, images = [], []
+        for start in range(0, n_boot, CHUNK):  # the draws of earlier versions, chunk by chunk
+            b = min(CHUNK, n_boot - start)
+            seeds.append(rng.integers(0, n_seeds, size=(b, n_seeds)))
+            images.append(rng.integers(0, len(self.labels), size=(b, len(self.labels))))
+        self.seeds = np.concatenate(seeds)
+        picks = np.concatenate(images)
+        self.counts = np.zeros(picks.shape)
+        np.add.at(self.counts, (np.arange(n_boot)[:, None], picks), 1.0)
+        self._runs: dict = {}
+
+    def run(self, probs: np.ndarray, key=None) -> tuple[float, np.ndarray]:
+        """A run's mean AUC over seeds and its (n_boot,) replicates: the mean over each replicate's drawn seeds of
+        their AUC on its drawn images."""
+        if key is not None and key in self._runs:
+            return self._runs[key]
+        probs = np.asarray(probs, dtype=float)
+        per_seed = _weighted_auc(probs, self.labels, self.counts)  # (seeds, n_boot)
+        drawn = np.take_along_axis(per_seed.T, self.seeds, axis=1)
+        out = float(auc(probs, self.labels).mean()), np.nanmean(drawn, axis=1)
+        if key is not None:
+            self._runs[key] = out
+        return out
+
+    def contrast(self, weights: Sequence[float], probs: Sequence[np.ndarray], keys: Sequence | None = None,
+                 level: float = 0.95) -> Contrast:
+        arrays = _check(weights, probs, "(seeds, images) shape")
+        if arrays[0].shape != (self.n_seeds, len(self.labels)):
+            raise ValueError(f"per-image scores must be (seeds, images) = {(self.n_seeds, len(self.labels))} per "
+                             f"run, got {arrays[0].shape}")
+        runs = [self.run(a, k) for a, k in zip(arrays, keys or [None] * len(arrays))]
+        w = np.asarray(weights, dtype=float)
+        estimate = float(w @ [r[0] for r in runs])
+        low, high = _interval(estimate, w @ np.array([r[1] for r in runs]), level)
+        return Contrast(estimate, low, high, self.n_seeds, len(self.labels), "seeds+images", level)
+
+
 def contrast_images(weights: Sequence[float], probs: Sequence[np.ndarray], labels: np.ndarray, *,
                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Contrast:
     """The contrast from per-image scores: ``probs[i]`` of shape (seeds, images) for run i, seeds in the same
     order for every run, ``labels`` (images,). Replicates resample seeds and images, shared by all runs."""
     arrays = _check(weights, probs, "(seeds, images) shape")
-    stacked = np.stack(arrays)  # (runs, seeds, images)
-    if stacked.ndim != 3:
-        raise ValueError(f"per-image scores must be (seeds, images) per run, got {stacked.shape[1:]}")
+    if arrays[0].ndim != 2:
+        raise ValueError(f"per-image scores must be (seeds, images) per run, got {arrays[0].shape}")
     labels = np.asarray(labels)
-    if labels.shape != (stacked.shape[2],):
-        raise ValueError(f"labels have shape {labels.shape}, the scores {stacked.shape[2]} images")
-    w = np.asarray(weights, dtype=float)
-    estimate = float(w @ auc(stacked, labels).mean(axis=1))
-    rng = np.random.default_rng(seed)
-    runs, seeds, images = stacked.shape
-    draws = []
-    for start in range(0, n_boot, CHUNK):
-        b = min(CHUNK, n_boot - start)
-        si = rng.integers(0, seeds, size=(b, seeds))
-        ii = rng.integers(0, images, size=(b, images))
-        # (b, runs, seeds, images): the same seeds and images for every run of a replicate
-        picked = stacked[:, si[:, :, None], ii[:, None, :]].transpose(1, 0, 2, 3)
-        draws.append(np.nanmean(auc(picked, labels[ii][:, None, None, :]), axis=2) @ w)
-    low, high = _interval(estimate, np.concatenate(draws), level)
-    return Contrast(estimate, low, high, seeds, images, "seeds+images", level)
+    if labels.shape != (arrays[0].shape[1],):
+        raise ValueError(f"labels have shape {labels.shape}, the scores {arrays[0].shape[1]} images")
+    return ImageBootstrap(labels, arrays[0].shape[0], n_boot=n_boot, seed=seed).contrast(weights, arrays,
+                                                                                         level=level)
 
 
 def contrast_seeds(weights: Sequence[float], aucs: Sequence[np.ndarray], *, n_boot: int = 1000,

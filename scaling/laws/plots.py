@@ -2,8 +2,9 @@
 
 Every function takes a results table (a pandas DataFrame, one row per run) and the names of its columns, draws
 on a fresh :class:`matplotlib.figure.Figure` (no pyplot, so nothing depends on a display or global state) and
-returns it; :func:`save_figure` writes PNG, SVG and PDF. Colours are the Okabe-Ito palette, which stays
-distinguishable under the common colour-vision deficiencies; sizes suit a one-column figure (3.4 in wide).
+returns it; :func:`save_figure` writes PNG and SVG (and PDF when asked). Colours are the Okabe-Ito palette,
+which stays distinguishable under the common colour-vision deficiencies; sizes suit a one-column figure (3.4 in
+wide).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ STYLE = {
     "pdf.fonttype": 42,  # TrueType in PDF, editable and accepted by publishers
 }
 EXPONENT_SYMBOLS = {"alpha": "α", "beta": "β", "delta": "δ"}
+#: what save_figure writes unless told: PDF (twice the time of PNG or SVG) is asked for by the figures papers take
+FORMATS = ("png", "svg")
 
 GroupKey = tuple[Any, ...]
 
@@ -273,8 +276,9 @@ def plot_effective_data(table: Any, *, x: str = "budget", transferred: str = "tr
     return fig
 
 
-def save_figure(fig: Figure, stem: str | Path, formats: Iterable[str] = ("png", "svg", "pdf")) -> list[Path]:
-    """Write ``fig`` as ``stem.png``, ``stem.svg``, ``stem.pdf`` (creating the folder); returns the paths."""
+def save_figure(fig: Figure, stem: str | Path, formats: Iterable[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` (``formats``: also ``pdf``, the slowest to write, for papers;
+    creating the folder); returns the paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
