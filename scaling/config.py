@@ -58,10 +58,10 @@ class DatasetRef:
     dataset: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     #: members of a merged source, each a dataset with options
-    merge: list[DatasetRef] = field(default_factory=list)
+    merge: list[DatasetRef] = field(default_factory=list, metadata={"empty": True})
     #: a merged source's labels: "shared" (present in every member) or "union" (missing ones are unknown, NaN)
     labels: Literal["shared", "union"] = "shared"
-    published: list[PublishedWeights] = field(default_factory=list)
+    published: list[PublishedWeights] = field(default_factory=list, metadata={"empty": True})
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scaling.config import ConfigError, load_config
+from scaling.config import ConfigError, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "studies" / "configs" / "smoke.yaml"
@@ -28,6 +28,15 @@ def smoke() -> dict:
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "studies" / "configs" / f"{name}.yaml")
     assert cfg.name == name and cfg.models.sizes
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "covidx_bit", "tb_bit"])
+def test_the_config_a_study_writes_loads_back_equal(name, tmp_path):
+    # a study stamps its directory with config.yaml (study.prepare_study_dir): a rerun or a later tool reads it
+    cfg = load_config(ROOT / "studies" / "configs" / f"{name}.yaml")
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    assert to_dict(load_config(written)) == to_dict(cfg)
 
 
 def test_typed_values_and_defaults():
