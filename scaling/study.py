@@ -3,7 +3,8 @@
 Stopping and resuming: SIGUSR1 or SIGTERM ends the current stage cleanly (Tune ends its trials, every
 Train run keeps its last checkpoint, the ledger and MLflow keep what ended) and the study exits with
 EXIT_RESUMABLE; running the same command again continues where it stopped. A driver killed outright
-(SIGKILL) resumes the same way, from the last checkpoints and the ledger.
+(SIGKILL) resumes the same way, from the last checkpoints and the ledger. The study's own MLflow server, if it
+dies, is started again by the study (scaling/tracking.py, `TrackingServer`).
 """
 from __future__ import annotations
 
@@ -127,6 +128,9 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
             ray.shutdown()
         if server:
             server.stop()
+            if server.restarts:
+                progress.say(f"the MLflow server died and was started again {server.restarts} time(s); "
+                             f"see {server.log_path}")
             progress.say(f"MLflow server stopped; browse the runs again with:\n  {server.reopen_command()}")
 
 

@@ -7,11 +7,13 @@ instead of opening new ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from importlib import metadata
@@ -22,6 +24,9 @@ JOB_TAG = "scaling.job"
 KIND_TAG = "scaling.kind"
 #: where `TrackingServer.reopen_command` serves a finished study's runs: the links of its dashboard
 REOPEN_UI = "http://127.0.0.1:5000"
+#: how often the study's own server is looked at, and how many times one run of a study starts it again
+WATCH_INTERVAL_S = 1.0
+MAX_RESTARTS = 5
 PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scaling")
 #: opens the experiment in MLflow's model-training view (runs table, charts); untagged, MLflow 3.17 shows its
 #: GenAI view ("Traces: 0")
@@ -45,8 +50,18 @@ class TrackingServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / "mlflow-server.log"
         self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a restart and stop() never overlap
 
     def start(self, timeout: float = 120) -> TrackingServer:
+        self._launch(timeout)
+        self._watcher = threading.Thread(target=self._keep_alive, args=(timeout,), name="mlflow-server-watch",
+                                         daemon=True)
+        self._watcher.start()
+        return self
+
+    def _launch(self, timeout: float) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._stop_orphan()
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
@@ -65,11 +80,34 @@ class TrackingServer:
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
+        self._end(self.process)
         raise RuntimeError(f"mlflow server did not answer on {self.uri} within {timeout:.0f} s; see {self.log_path}")
+
+    def _keep_alive(self, timeout: float) -> None:
+        """A server that dies mid-study (killed, out of memory) is started again on the same port and SQLite
+        file. Chosen over buffering and backfilling from the ledgers: the ledgers hold only each trial's final
+        metrics, while a restart loses nothing. Everything the server committed is in SQLite; a call in flight is
+        retried by MLflow's client (connection errors, with backoff, for about two minutes), which bridges the
+        restart, and a retried write cannot duplicate anything: metrics are deduplicated by MLflow, params
+        are idempotent, and `StudyTracker` removes a run created twice. After MAX_RESTARTS the server is left
+        down, and MLflow's own connection error ends the study."""
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            with self._lock:
+                if self._stopping.is_set() or self.process.poll() is None:
+                    continue
+                if self.restarts >= MAX_RESTARTS:
+                    return
+                self.restarts += 1
+                with open(self.log_path, "a") as log:
+                    log.write(f"\n[scaling] mlflow server exited with code {self.process.returncode}; "
+                              f"restart {self.restarts} of {MAX_RESTARTS}\n")
+                try:
+                    self._launch(timeout)
+                except RuntimeError:
+                    continue  # the next look tries again, up to MAX_RESTARTS
 
     @property
     def pid_path(self) -> Path:
@@ -92,15 +130,25 @@ class TrackingServer:
                 continue
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, 15)  # the server runs gunicorn/uvicorn children: end the whole group
+        self._stopping.set()
+        with self._lock:
+            if self.process is None:
+                return
+            if self.process.poll() is None:
+                self._end(self.process)
+            else:  # died on its own: its children may still hold the port
+                self._stop_orphan()
+            self.pid_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _end(process: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)  # the server runs gunicorn/uvicorn children: end the whole group
         try:
-            self.process.wait(timeout=20)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
-            self.process.wait()
-        self.pid_path.unlink(missing_ok=True)
+            os.killpg(process.pid, 9)
+            process.wait()
 
     def reopen_command(self) -> str:
         return (f"mlflow ui --port {REOPEN_UI.rsplit(':', 1)[1]} --backend-store-uri sqlite:///{self.db} "
@@ -149,8 +197,7 @@ class StudyTracker:
         self._children: dict[str, str] = {}
 
     def _find_or_create(self, tags: dict, run_name: str, parent: str | None = None) -> str:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        runs = self._tagged(tags)
         if runs:
             run_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING":
@@ -158,7 +205,18 @@ class StudyTracker:
             return run_id
         if parent:
             tags = {**tags, "mlflow.parentRunId": parent}
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
+        # a server killed after committing a create but before answering makes the client's retry create the
+        # run again: the oldest one stays, the later ones are deleted
+        first, *extra = self._tagged(tags)
+        for run in extra:
+            self.client.delete_run(run.info.run_id)
+        return first.info.run_id
+
+    def _tagged(self, tags: dict) -> list:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=query,
+                                       order_by=["attributes.start_time ASC"])
 
     def log_study(self, config: dict, version: dict) -> None:
         """Config (flattened) and code version on the parent run; the config file itself as an artifact."""

@@ -175,3 +175,4 @@ def test_local_job_killed_for_real_resumes_from_its_own_checkpoint(shards, tmp_p
     assert resumed.metrics["val_nll"] == pytest.approx(clean.metrics["val_nll"], rel=1e-4)
     again = run_local(spec, name="clean", storage_path=tmp_path)  # a finished job reports its end again
     assert again.metrics["start_step"] == steps and again.metrics["val_nll"] == pytest.approx(clean.metrics["val_nll"])
+    assert again.metrics["train_loss"] == pytest.approx(clean.metrics["train_loss"])  # the last step's, kept

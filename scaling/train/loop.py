@@ -105,6 +105,7 @@ def train_loop(spec: JobSpec, session=None) -> dict:
             _unwrap(replica.model).load_state_dict(saved["model"])
             replica.optimizer.load_state_dict(saved["optimizer"])
             replica.scheduler.load_state_dict(saved["scheduler"])
+            replica.loss = saved.get("loss", float("nan"))  # what a job restarted after its last step reports
         start = state["step"]
 
     side = _crop_size(shards.preprocess.resolution)  # the memory preflight's pass: one replica, blank images
@@ -332,7 +333,8 @@ def _report(session, metrics: dict, replicas: list[_Replica], step: int, rank: i
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save({"replicas": [{"model": _unwrap(r.model).state_dict(), "optimizer": r.optimizer.state_dict(),
-                                  "scheduler": r.scheduler.state_dict()} for r in replicas], "step": step},
+                                  "scheduler": r.scheduler.state_dict(), "loss": float(r.loss)} for r in replicas],
+                    "step": step},
                    os.path.join(d, STATE_FILE))
         if predictions is not None:
             np.savez(os.path.join(d, PREDICTIONS_FILE), **predictions)
