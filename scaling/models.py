@@ -3,7 +3,7 @@
 Ladders (smallest rung first, parameters strictly increasing):
   - ``bit``: BiT ResNet-v2 R50x1 .. R152x4, the reference study's family, ImageNet-21k weights (timm ``goog_in21k``).
   - ``vit``: ViT-Ti/S/B/L with 16 px patches, ImageNet-21k weights (timm ``augreg_in21k``).
-  - ``cpu``: miniature ResNet-v2s for the embedded default on 2 CPU cores at 32-64 px (~21k to ~1.2M parameters).
+  - ``cpu``: miniature ResNet-v2s for the embedded default on 2 CPU cores at 32-64 px (~7k to ~1.2M parameters).
     BiT's timm class, pre-activation blocks and stem, with basic blocks, one block per stage, three stages and the
     width as the only knob -- but BatchNorm and plain convolutions instead of BiT's GroupNorm and weight
     standardisation: at these sizes, pre-trained on the synthetic medical source, BatchNorm rungs transferred to
@@ -114,7 +114,7 @@ LADDERS: dict[str, Ladder] = {
     "bit": Ladder("bit", tuple(_bit(f"resnetv2_{d}_bit") for d in
                                ("50x1", "101x1", "50x3", "152x2", "101x3", "152x4"))),
     "vit": Ladder("vit", tuple(_vit(s) for s in ("tiny", "small", "base", "large"))),
-    "cpu": Ladder("cpu", tuple(_mini(w) for w in (8, 16, 24, 32, 48, 64))),
+    "cpu": Ladder("cpu", tuple(_mini(w) for w in (4, 6, 8, 12, 16, 24, 32, 48, 64))),
 }
 
 

@@ -21,7 +21,7 @@ from scaling.data.base import RECORD_COLUMNS, Dataset, DataError, Task
 from scaling.data.synthetic import natural, xray
 
 #: bump whenever any renderer or sampler changes what an image or label looks like
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # sub-streams of an image's randomness; separate so that e.g. drawing a finding never moves the anatomy
 _ANATOMY, _PLAN, _DRAW, _LABEL_MASK = range(4)
@@ -117,14 +117,14 @@ class _Synthetic(Dataset):
 
 
 class SyntheticNatural(_Synthetic):
-    """The ImageNet-21k stand-in: `num_classes` classes of coloured, textured shapes (RGB), balanced."""
+    """The ImageNet-21k stand-in: `num_classes` classes of textured shapes in cluttered RGB scenes, balanced."""
 
     name = "synthetic-natural"
     channels = 3
     _stream = 1
 
     def __init__(self, *, size: int = 10000, test_size: int = 0, image_size: int = 64, seed: int = 0,
-                 num_classes: int = 100) -> None:
+                 num_classes: int = natural.MAX_CLASSES) -> None:
         self.num_classes = _check_int("num_classes", num_classes, 2, natural.MAX_CLASSES)
         super().__init__(size=size, test_size=test_size, image_size=image_size, seed=seed,
                          num_classes=self.num_classes)
@@ -194,7 +194,7 @@ _DRAWERS = {
     "consolidation": xray.add_consolidation,
     "edema": lambda p, r, _: xray.add_central_haze(p, r),
     "effusion": xray.add_effusion,
-    "lung_opacity": partial(xray.add_peripheral_opacity, strength=(0.05, 0.14)),
+    "lung_opacity": partial(xray.add_peripheral_opacity, strength=(0.08, 0.2)),
     "nodule": xray.add_nodules,
     "pneumothorax": xray.add_pneumothorax,
     # target patterns
@@ -209,17 +209,20 @@ MEDICAL_FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "ef
 
 # Co-occurrence as a noisy-OR over latent conditions, as in real reports: heart failure brings an enlarged
 # heart, edema and effusions; infection consolidation and opacities; post-operative state atelectasis,
-# effusion and pneumothorax. Row: P(finding | condition), with "leak" the rate without any condition.
-_CONDITIONS = {"heart_failure": 0.15, "infection": 0.2, "post_operative": 0.1}
+# effusion and pneumothorax. Row: P(finding | condition), with "leak" the rate without any condition. The
+# resulting prevalences follow CheXpert's training set (an inpatient population: lung opacity about 0.47,
+# effusion 0.39, edema 0.24, atelectasis 0.15, cardiomegaly 0.12, pneumothorax 0.09, consolidation 0.07, lung
+# lesion 0.04), so that most images teach something; a quarter show no finding.
+_CONDITIONS = {"heart_failure": 0.35, "infection": 0.45, "post_operative": 0.2}
 _FINDING_GIVEN = {  # leak, heart_failure, infection, post_operative
-    "atelectasis": (0.05, 0.0, 0.15, 0.5),
-    "cardiomegaly": (0.04, 0.7, 0.0, 0.0),
-    "consolidation": (0.03, 0.0, 0.5, 0.0),
+    "atelectasis": (0.04, 0.05, 0.12, 0.3),
+    "cardiomegaly": (0.03, 0.3, 0.0, 0.0),
+    "consolidation": (0.02, 0.0, 0.12, 0.0),
     "edema": (0.02, 0.6, 0.0, 0.0),
-    "effusion": (0.04, 0.5, 0.25, 0.4),
-    "lung_opacity": (0.04, 0.15, 0.55, 0.0),
-    "nodule": (0.08, 0.0, 0.0, 0.0),
-    "pneumothorax": (0.03, 0.0, 0.0, 0.25),
+    "effusion": (0.05, 0.55, 0.3, 0.4),
+    "lung_opacity": (0.1, 0.3, 0.8, 0.1),
+    "nodule": (0.04, 0.0, 0.0, 0.0),
+    "pneumothorax": (0.03, 0.0, 0.0, 0.3),
 }
 
 
