@@ -62,21 +62,26 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(config_mod.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_study_dir(cfg, study_dir: Path) -> None:
-    """Create the study directory, or check that an existing one holds this very study (a resume)."""
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "logs").mkdir(exist_ok=True)
+def check_study_dir(cfg, study_dir: Path) -> None:
+    """ConfigError when `study_dir` already holds a study run with another configuration (a resume must match)."""
     stamp = study_dir / "study.json"
-    digest = config_hash(cfg)
     if stamp.exists():
-        known = json.loads(stamp.read_text())
+        known, digest = json.loads(stamp.read_text()), config_hash(cfg)
         if known["config_hash"] != digest:
             raise config_mod.ConfigError(
                 f"{study_dir} holds study {known['name']!r} run with another configuration "
                 f"(hash {known['config_hash']}, now {digest}); resume it with the same config and overrides, "
                 f"or choose another --out")
-    else:
-        stamp.write_text(json.dumps({"name": cfg.name, "config_hash": digest, "created": time.time()}))
+
+
+def prepare_study_dir(cfg, study_dir: Path) -> None:
+    """Create the study directory, or check that an existing one holds this very study (a resume)."""
+    check_study_dir(cfg, study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "logs").mkdir(exist_ok=True)
+    stamp = study_dir / "study.json"
+    if not stamp.exists():
+        stamp.write_text(json.dumps({"name": cfg.name, "config_hash": config_hash(cfg), "created": time.time()}))
         (study_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
 
 
@@ -90,12 +95,13 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     study_dir = Path(out or cfg.study_dir).resolve()
-    prepare_study_dir(cfg, study_dir)
+    check_study_dir(cfg, study_dir)  # bad data or sizes below leave no study directory behind
     stops = _StopRequests()
     progress = Progress()
     progress.say(f"study {cfg.name!r} in {study_dir}")
     data = prepare_study_data(cfg, log=progress.say)
     check_target_sizes(cfg, data)
+    prepare_study_dir(cfg, study_dir)
     stops.check()
 
     from scaling import tracking

@@ -303,7 +303,7 @@ ROWS = [
     Row("dataset option of a wrong value", lambda c: c.target("covidx", root=c.tmp, version="7C").study(), 2,
         ("data.target.options.version: got '7C'; expected one of '8A', '8B', '9A', '9B'",)),
     config_row("model not in the ladder", "models.sizes=[w8, R50x1]",
-               "models.sizes[1]: got 'R50x1'; expected a rung of ladder 'cpu': w8, w16"),
+               "models.sizes[1]: got 'R50x1'; expected a rung of ladder 'cpu': w4, w6, w8"),
     config_row("subset larger than its source", "data.source_sizes=[1000]",
                "data.source_sizes[0]: got 1000; expected at most 400, the size of data.sources.medical"),
     config_row("sweep source not configured", "sweep.sources=[scratch, natural]",

@@ -55,7 +55,7 @@ def test_flops_are_positive_and_grow_with_resolution_and_size():
 
 
 def test_names_are_validated_with_the_valid_ones_listed():
-    with pytest.raises(ModelError, match=r"unknown model 'w9' in ladder 'cpu'; valid names: w8, w16"):
+    with pytest.raises(ModelError, match=r"unknown model 'w9' in ladder 'cpu'; valid names: w4, w6, w8"):
         rung("cpu", "w9")
     with pytest.raises(ModelError, match=r"valid ladders: bit, vit, cpu"):
         create_model("resnet", "R50x1", 2)
