@@ -61,7 +61,10 @@ def main() -> None:
     from scaling.train.store import STATE_FILE, CheckpointStore
 
     torch.set_num_threads(1)
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not every report of every job
+    import ray.train  # noqa: F401  (configures Ray's loggers, which are quietened next)
+
+    for name in ("ray", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not every report of every job
     cfg = load_config(args.config, args.set)
     models = _csv(args.models) or cfg.models.sizes
     sources = _csv(args.sources) or cfg.sweep.sources
