@@ -21,10 +21,11 @@ GROUP = ["model", "budget", "shots"]
 
 
 def summary_table(best: pd.DataFrame) -> pd.DataFrame:
-    """The tuned test AUC per model, source and pre-training size: the mean over the trial's seeds, and their
-    spread (sd; absent with one seed)."""
-    cols = [*GROUP, "source", "pretrain_size", "test_roc_auc"] + (["test_roc_auc_sd"] if "test_roc_auc_sd" in best
-                                                                   else [])
+    """The tuned test AUC per model, source, pre-training size and target size: the mean over the trial's seeds,
+    and their spread (sd; absent with one seed)."""
+    # target_size tells apart the scratch rows of the target subsets
+    cols = [*GROUP, "source", "pretrain_size", *(["target_size"] if "target_size" in best else []), "test_roc_auc",
+            *(["test_roc_auc_sd"] if "test_roc_auc_sd" in best else [])]
     return best[cols].rename(columns={"test_roc_auc": "test_auc", "test_roc_auc_sd": "sd"})
 
 
