@@ -150,8 +150,8 @@ def add_peripheral_opacity(p: ChestParams, rng: np.random.Generator, sides: tupl
     """Patchy ground-glass opacity of the lateral, lower lung (bilateral: the COVID-19 pattern).
 
     The default strength is calibrated for the COVIDx-like target at 32 px (benchmarks/calibrate_world.py): the
-    `cpu` ladder's w4-w16 trained from scratch for 50 steps on its 449 training images reach a test AUC of about
-    0.65-0.71, leaving room both to gain from pre-training and to lose."""
+    default study's rungs (`cpu` w6-w24) trained from scratch for 50 steps on its 449 training images reach a test
+    AUC of 0.64-0.70, leaving room both to gain from pre-training and to lose."""
     for s in sides:
         _pair(p, "peripheral", s, rng.uniform(*strength))
 
