@@ -109,39 +109,37 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _uninterrupted_wall(out: Path) -> float:
-    """Wall time of the uninterrupted smoke study: from its stamp to its summary."""
-    return (out / "summary.json").stat().st_mtime - json.loads((out / "study.json").read_text())["created"]
+#: where each attempt's driver is killed: a seeded random moment after this attempt reached the stage
+KILLED_IN = ("pretrain", "trials", "analysis")
+MAX_DELAY_S = 1.5
 
 
 @pytest.fixture(scope="module")
 def faulted(smoke_study):
     """The smoke study of `smoke_study`'s config in a new directory (sharing its shard cache, as studies may),
-    run four times: the first attempt loses its MLflow server mid-sweep and then its driver, the second and
-    third lose their drivers, each at a seeded random moment; the fourth runs to the end."""
+    run four times: the first attempt loses its MLflow server while a job runs and then its driver, the second
+    and third lose their drivers, each at a seeded random moment after the attempt reached its stage of
+    `KILLED_IN` (a moment drawn over the whole run could fall after a resumed attempt has nothing left to do);
+    the fourth runs to the end."""
     clean, result = smoke_study
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    wall = _uninterrupted_wall(clean)
     out = clean.parent.parent / "faulted" / "smoke"
     out.parent.mkdir(parents=True, exist_ok=True)
     args = _smoke_args(out, clean.parent / "cache")
     rng = random.Random(SEED)
-    events: dict = {"wall": wall, "driver_kills": []}
+    events: dict = {"driver_kills": []}
     log = open(out.parent / "driver.log", "ab")
-    for attempt in range(3):
+    for attempt, stage in enumerate(KILLED_IN):
         started = time.time()
         before = _server_pid(out)
         driver = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        # the moments count from when this attempt's tracking server answers: the start before is the same
-        # imports and data checks each time
         _wait(lambda: _server_pid(out) not in (None, before) and _answers(out), 300, "the MLflow server", driver)
-        ready = time.time()
         if attempt == 0:
-            _wait(lambda: (out / "pretrain").is_dir(), 600, "the sweeps started", driver)
-            time.sleep(max(0.0, ready + rng.uniform(0.1, 0.3) * wall - time.time()))
+            # mid-sweep: while a job runs, whose metrics then go through the restarted server
+            events["server_killed_while_running"] = _wait(lambda: _running(out, started), 600, "a job running",
+                                                          driver)
             old = _server_pid(out)
             _kill_group(old)
-            events["server_killed_after_s"] = round(time.time() - ready, 1)
             events["server_killed_in"] = _stage(out)
             killed = time.time()
             _wait(lambda: _server_pid(out) not in (None, old) and _answers(out), 180,
@@ -149,21 +147,43 @@ def faulted(smoke_study):
             _wait(lambda: _metrics_logged_since(out, killed), 300, "metrics logged after the restart", driver)
             events["server_pids"] = (old, _server_pid(out))
             events["metrics_after_restart"] = _metrics_logged_since(out, killed)
-        time.sleep(max(0.0, ready + rng.uniform(0.1, 0.45) * wall - time.time()))
+        _wait(lambda: _reached(out, stage, started), 600, f"attempt {attempt + 1} reached {stage}", driver)
+        time.sleep(rng.uniform(0.0, MAX_DELAY_S))
         assert driver.poll() is None, f"attempt {attempt + 1} ended before its driver could be killed"
-        stage = _stage(out)
+        where = _stage(out)
         _kill_group(driver.pid)
-        events["driver_kills"].append({"after_s": round(time.time() - ready, 1), "stage": stage})
+        events["driver_kills"].append({"after_s": round(time.time() - started, 1), "reached": stage,
+                                       "ledgers": where})
     (out.parent / "faults.json").write_text(json.dumps(events, indent=1))  # what was struck when, to read back
     final = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     events["final"] = final
     return clean, out, events
 
 
+def _ledger_entries(out: Path, ledger: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (out / ledger).glob("*.json")] if (out / ledger).is_dir() else []
+
+
+def _running(out: Path, since: float) -> str | None:
+    """The ledger a job started after `since` is running in now, if one is (a killed driver leaves its jobs
+    `running` in the ledger)."""
+    return next((ledger for ledger in ("trials", "pretrain") if any(
+        e["status"] == "running" and e["started_at"] > since for e in _ledger_entries(out, ledger))), None)
+
+
+def _reached(out: Path, stage: str, since: float) -> bool:
+    """Whether the attempt started at `since` got to `stage`: a job of that ledger started, or for the analysis,
+    the results table written."""
+    if stage == "analysis":
+        table = out / "results.parquet"
+        return table.is_file() and table.stat().st_mtime > since
+    return any(e.get("started_at", 0) > since for e in _ledger_entries(out, stage))
+
+
 def _stage(out: Path) -> str:
     """What the study was doing, read from its ledgers."""
     for ledger in ("trials", "pretrain"):
-        entries = [json.loads(p.read_text()) for p in (out / ledger).glob("*.json")] if (out / ledger).is_dir() else []
+        entries = _ledger_entries(out, ledger)
         if entries:
             done = sum(e["status"] == "finished" for e in entries)
             return f"{ledger}: {done} of {len(entries)} started ended"
@@ -176,6 +196,7 @@ def test_the_sweep_carries_on_through_a_killed_tracking_server(faulted):
     old, new = events["server_pids"]
     assert new != old and not psutil.pid_exists(old)
     assert events["metrics_after_restart"] > 0  # the same attempt went on logging, through the new server
+    assert events["server_killed_while_running"] in ("pretrain", "trials"), events  # mid-sweep, during a job
     assert "restart 1 of" in (out / "logs" / "mlflow-server.log").read_text()
 
 

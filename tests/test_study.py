@@ -119,12 +119,15 @@ def _start(args: list[str], cache: Path) -> subprocess.Popen:
 
 
 def _wait_mid_sweep(driver: subprocess.Popen, ledger: Path, finished: int) -> dict:
-    """Wait until `finished` trials have ended and another one runs; return the ledger then."""
+    """Wait until `finished` trials have ended and another one runs, started by this driver (an entry a stopped
+    or killed one left `running` does not count); return the ledger then."""
     deadline = time.time() + 600
+    since = time.time()
     while time.time() < deadline and driver.poll() is None:
         entries = {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")} if ledger.exists() else {}
         statuses = [e["status"] for e in entries.values()]
-        if statuses.count("finished") >= finished and "running" in statuses:
+        running = [e for e in entries.values() if e["status"] == "running" and e["started_at"] > since]
+        if statuses.count("finished") >= finished and running:
             return entries
         time.sleep(0.5)
     raise AssertionError("the study ended (or hung) before it could be stopped mid-sweep")
