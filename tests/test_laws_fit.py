@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from scaling.laws import FitError, choose_form, extrapolation_scores, fit, pareto_frontier, transient_end
+from scaling.laws.forms import FORMS, Data
 
 LAWS_DIR = Path(__file__).resolve().parents[1] / "scaling" / "laws"
 
@@ -22,6 +23,24 @@ def noisy(values: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 def m4_curve(y: np.ndarray, e: float, e0: float, a: float, alpha: float, gamma: float) -> np.ndarray:
     """x at which the M4 law takes each y, from its implicit form solved for x (independent of the fitter)."""
     return ((y - e) / (a * (e0 - y) ** gamma)) ** (-1.0 / alpha)
+
+
+# --- the forms' own gradients -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n, f in FORMS.items() if f.gradient is not None])
+def test_a_forms_gradient_matches_finite_differences(name: str) -> None:
+    """The fitter trusts these instead of differencing: a wrong one would stop the optimiser in the wrong place."""
+    form = FORMS[name]
+    rng = np.random.default_rng(3)
+    u = tuple(rng.uniform(-3, 3, 15) for _ in range(form.variables))
+    data = Data(u, np.exp(rng.uniform(-2, -1, 15)))
+    lo, hi = form.bounds(data)
+    for _ in range(5):
+        theta = rng.uniform(np.maximum(lo, -3), np.minimum(hi, 3))
+        numeric = np.column_stack([(form.log_predict(theta + h, u) - form.log_predict(theta - h, u)) / 2e-6
+                                   for h in np.eye(len(theta)) * 1e-6])
+        np.testing.assert_allclose(form.gradient(theta, u), numeric, rtol=1e-5, atol=1e-7)
 
 
 # --- recovery of known parameters ---------------------------------------------------------------------------

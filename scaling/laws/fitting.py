@@ -172,9 +172,16 @@ class _Problem:
         span = self.hi - self.lo
         return np.clip(theta, self.lo + 1e-9 * span, self.hi - 1e-9 * span)
 
+    def jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """d residuals / d theta (free entries), where the form gives its gradient; finite like the residuals."""
+        with np.errstate(all="ignore"):
+            jac = -self.form.gradient(theta, self.data.u)[:, self.free]
+        return np.where(np.isfinite(jac), jac, 0.0)
+
     def local(self, start: np.ndarray, ly: np.ndarray) -> np.ndarray:
         free = self.free
-        sol = least_squares(lambda t: self.residuals(self.full(t), ly), self.clip(start)[free],
+        jac = (lambda t: self.jacobian(self.full(t))) if self.form.gradient else "2-point"
+        sol = least_squares(lambda t: self.residuals(self.full(t), ly), self.clip(start)[free], jac=jac,
                             bounds=(self.lo[free], self.hi[free]), loss="huber", f_scale=self.delta,
                             method="trf", x_scale="jac", max_nfev=MAX_NFEV_PER_PARAM * (1 + int(free.sum())))
         return self.full(sol.x)

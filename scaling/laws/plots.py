@@ -130,49 +130,83 @@ def _used(law: Fit, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return np.array([(a, b) in kept for a, b in zip(xs.tolist(), ys.tolist())], dtype=bool)
 
 
+def _panels(groups: list[tuple[GroupKey, Any]], group_by: Sequence[str], facet: str | None,
+            facet_order: Sequence[Any] | None) -> list[tuple[Any, list[tuple[int, GroupKey, Any]]]]:
+    """The groups (numbered in ``groups``) by panel: one panel of all of them, or one per value of ``facet`` (a
+    ``group_by`` column), in ``facet_order`` where given."""
+    numbered = [(i, key, part) for i, (key, part) in enumerate(groups)]
+    if facet is None:
+        return [(None, numbered)]
+    if facet not in group_by:
+        raise FitError(f"facet {facet!r} must be one of the group_by columns {list(group_by)}")
+    at = list(group_by).index(facet)
+    values = sorted({key[at] for key, _ in groups}, key=str)
+    if facet_order is not None:
+        rank = {v: i for i, v in enumerate(facet_order)}
+        values.sort(key=lambda v: rank.get(v, len(rank)))
+    return [(v, [member for member in numbered if member[1][at] == v]) for v in values]
+
+
 def plot_fits(results: Any, x: str, y: str, group_by: Sequence[str] = (), *,
               fits: Mapping[GroupKey, Fit | FitError] | None = None, extrapolate_to: float | None = None,
               level: float = 0.95, xlabel: str | None = None, ylabel: str | None = None,
-              colours: Mapping[Any, str] | None = None, **fit_kwargs: Any) -> Figure:
-    """Log-log plot of ``y`` against ``x`` per group: the points (hollow where the fit left them out), the
-    fitted law (dashed beyond the data, up to ``extrapolate_to``), its bootstrap band at ``level`` and, in the
-    legend, the form and exponents with their 95% intervals. ``fits`` reuses fits from :func:`fit_groups`;
-    otherwise the groups are fitted here with ``fit_kwargs``. ``colours`` maps values of the first ``group_by``
-    column to colours (one colour per source in every figure); the other columns then pick the marker."""
+              colours: Mapping[Any, str] | None = None, facet: str | None = None,
+              facet_order: Sequence[Any] | None = None, **fit_kwargs: Any) -> Figure:
+    """Log-log plot of ``y`` against ``x`` per group: every point (faint; hollow where the fit left it out) and
+    their mean at each ``x``, the fitted law (dashed beyond the data, up to ``extrapolate_to``), its bootstrap
+    band at ``level`` and, in the legend, the form and exponents with their 95% intervals. ``fits`` reuses fits
+    from :func:`fit_groups`; otherwise the groups are fitted here with ``fit_kwargs``. ``colours`` maps values of
+    the first ``group_by`` column to colours (one colour per source in every figure); the other columns then
+    pick the marker. ``facet`` (one of ``group_by``) draws one panel per value of that column, in
+    ``facet_order`` if given, so that a dozen curves do not share one panel."""
     _columns(results, x, y, *group_by)
     if fits is None:
         fits = fit_groups(results, x, y, group_by, **fit_kwargs)
     groups = _groups(results, group_by)
+    panels = _panels(groups, group_by, facet, facet_order)
+    shown = [i for i, c in enumerate(group_by) if c != facet]  # what a legend entry has to tell apart
+    title = ", ".join(group_by[j] for j in shown) or None
     with paper_style():
-        fig, (ax,) = _figure(legend_rows=len(groups) + 1)
+        fig, axes = _figure(ncols=len(panels), legend_rows=max(len(m) for _, m in panels) + 1)
         rests = sorted({key[1:] for key, _ in groups}, key=str)
-        for i, (key, part) in enumerate(groups):
-            if colours is not None:
-                colour, marker = colours[key[0]], MARKERS[rests.index(key[1:]) % len(MARKERS)]
-            else:
-                colour, marker = PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE)) % len(MARKERS)]
-            xs, ys = part[x].to_numpy(dtype=float), part[y].to_numpy(dtype=float)
-            law = fits.get(key)
-            label = ", ".join(_fmt(v) for v in key) if group_by else y
-            if isinstance(law, Fit):
-                used = _used(law, xs, ys)
-                ax.scatter(xs[used], ys[used], color=colour, marker=marker, s=12, zorder=3)
-                ax.scatter(xs[~used], ys[~used], facecolors="none", edgecolors=colour, marker=marker, s=12,
+        for ax, (value, members) in zip(axes, panels):
+            for i, key, part in members:
+                if colours is not None:
+                    colour, marker = colours[key[0]], MARKERS[rests.index(key[1:]) % len(MARKERS)]
+                else:
+                    colour, marker = PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE)) % len(MARKERS)]
+                xs, ys = part[x].to_numpy(dtype=float), part[y].to_numpy(dtype=float)
+                law = fits.get(key)
+                label = ", ".join(_fmt(key[j]) for j in shown) if shown else (_fmt(value) if facet else y)
+                used = _used(law, xs, ys) if isinstance(law, Fit) else np.ones(len(xs), dtype=bool)
+                ax.scatter(xs[used], ys[used], color=colour, marker=marker, s=7, alpha=0.4, linewidths=0,
                            zorder=3)
-                top = max(xs.max(), extrapolate_to or 0.0)
-                span = np.geomspace(law.x[0].min(), top, 200)
-                inside = span <= law.x[0].max()
-                curve = law.predict(span)
-                low, high = law.predict_interval(span, level=level)
-                ax.fill_between(span, low, high, color=colour, alpha=0.18, linewidth=0)
-                ax.plot(span[inside], curve[inside], color=colour,
-                        label=f"{label}: {law.form}, {_exponents(law)}")
-                ax.plot(span[~inside], curve[~inside], color=colour, linestyle="--")
-            else:
-                reason = f" (not fitted: {law})" if law is not None else ""
-                ax.scatter(xs, ys, color=colour, marker=marker, s=12, label=f"{label}{reason}"[:90])
-        ax.set(xscale="log", yscale="log", xlabel=xlabel or x, ylabel=ylabel or y)
-        _legend_below(fig, ax, title=", ".join(group_by) or None)
+                ax.scatter(xs[~used], ys[~used], facecolors="none", edgecolors=colour, marker=marker, s=7,
+                           alpha=0.6, zorder=3)
+                means = part.groupby(x)[y].mean()
+                ax.scatter(means.index.to_numpy(dtype=float), means.to_numpy(), color=colour, marker=marker,
+                           s=20, edgecolors="white", linewidths=0.5, zorder=4)
+                if isinstance(law, Fit):
+                    top = max(xs.max(), extrapolate_to or 0.0)
+                    span = np.geomspace(law.x[0].min(), top, 200)
+                    inside = span <= law.x[0].max()
+                    curve = law.predict(span)
+                    low, high = law.predict_interval(span, level=level)
+                    ax.fill_between(span, low, high, color=colour, alpha=0.15, linewidth=0)
+                    ax.plot(span[inside], curve[inside], color=colour, marker=marker, markevery=[0],
+                            label=f"{label}: {law.form}, {_exponents(law)}")
+                    ax.plot(span[~inside], curve[~inside], color=colour, linestyle="--")
+                else:
+                    reason = f" (not fitted: {law})" if law is not None else ""
+                    ax.plot([], [], color=colour, marker=marker, linestyle="none", label=f"{label}{reason}"[:90])
+            ax.set(xscale="log", yscale="log", xlabel=xlabel or x)
+            if facet:
+                ax.set_title(f"{facet} = {_fmt(value)}")
+            if len(panels) == 1:
+                _legend_below(fig, ax, title=title)
+            else:  # each panel's exponents under it
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=1, title=title)
+        axes[0].set_ylabel(ylabel or y)
     return fig
 
 
