@@ -16,6 +16,9 @@ from scaling.results import best_per_cell
 FILTERS = ["source", "model", "budget", "shots"]
 ERROR = "test error (1 − ROC-AUC)"
 WIDTH = 260
+#: log axes label the powers of ten only: Vega labels 10, 20, 100, 200... and at this width 20 runs into 100
+DECADES = alt.Axis(labelExpr="abs(log(datum.value) / LN10 - round(log(datum.value) / LN10)) < 1e-6 "
+                             "? format(datum.value, ',') : ''")
 
 
 def _where(*skip: str) -> str:
@@ -74,7 +77,7 @@ def transfer_view(results: pd.DataFrame, fits: dict) -> dict | None:
     keep = [*FILTERS, "kind", "x", "y", "trial", "seed_index"]
     data = pd.concat([seeds[keep], means, scratch, _curves(fits)], ignore_index=True)
     colour = _colour(points["source"].unique())
-    x = alt.X("x:Q", scale=alt.Scale(type="log"), title="pre-training images")
+    x = alt.X("x:Q", scale=alt.Scale(type="log"), axis=DECADES, title="pre-training images")
     y = alt.Y("y:Q", scale=alt.Scale(type="log"), title=ERROR)
     kind = lambda k: f"datum.kind == '{k}'"  # noqa: E731
     base = alt.Chart().transform_filter(_where())
@@ -106,7 +109,7 @@ def model_view(results: pd.DataFrame) -> dict | None:
         return None
     best = on_full_target(best_per_cell(results))
     colour = _colour(trials["source"].unique())
-    x = alt.X("params:Q", scale=alt.Scale(type="log"), title="model parameters")
+    x = alt.X("params:Q", scale=alt.Scale(type="log"), axis=DECADES, title="model parameters")
     y = alt.Y("test_error:Q", scale=alt.Scale(type="log"), title=ERROR)
     hover = ["trial:N", "source:N", "model:N", "pretrain_size:Q", "budget:Q", "shots:Q",
              alt.Tooltip("lr:Q", format=".3g"), alt.Tooltip("weight_decay:Q", format=".2g"),
@@ -130,12 +133,12 @@ def effective_data_view(fits: dict) -> tuple[dict | None, str]:
     data["hi"] = [c[1] if c[1] is not None else np.nan for c in data["transferred_ci"]]
     data["inside"] = data["scratch_range"] == "within"
     colour = _colour(data["source"].unique())
-    x = alt.X("pretrain_size:Q", scale=alt.Scale(type="log"), title="pre-training images")
+    x = alt.X("pretrain_size:Q", scale=alt.Scale(type="log"), axis=DECADES, title="pre-training images")
     base = alt.Chart(data.drop(columns=["transferred_ci", "multiplier_ci", "scratch_error_range"])).transform_filter(
         _where())
     bars = base.mark_rule().encode(x=x, y=alt.Y("lo:Q", scale=alt.Scale(type="log")), y2="hi:Q", color=colour)
     dots = base.mark_point(size=60).encode(
-        x=x, y=alt.Y("transferred:Q", scale=alt.Scale(type="log"), title="effective data transferred D_T"),
+        x=x, y=alt.Y("transferred:Q", scale=alt.Scale(type="log"), axis=DECADES, title="effective data transferred D_T"),
         color=colour, shape=alt.Shape("model:N", sort=model_order(data)),
         fill=alt.condition("datum.inside", colour, alt.value("white")),
         tooltip=["trial:N", alt.Tooltip("transferred:Q", format=".0f"), alt.Tooltip("multiplier:Q", format=".2f"),

@@ -137,7 +137,11 @@ def test_figures_share_one_colour_per_source_and_order_panels_by_model_size():
     curves = plots.plot_transfer(points, facet="model", facet_order=["w8", "w16"], colours=colours, form=None)
     assert [ax.get_title() for ax in curves.axes] == ["model = w8", "model = w16"]
     laws = plots.plot_fits(points[points["source"] != "scratch"], "pretrain_size", "test_error",
-                           ["source", "model"], colours=colours, n_boot=20)
+                           ["source", "model"], colours=colours, n_boot=20, facet="model", facet_order=["w8", "w16"])
+    # a panel per model, each with its sources' laws (and exponents) and no other model's
+    assert [ax.get_title() for ax in laws.axes] == ["model = w8", "model = w16"]
+    assert [sorted(label.split(":")[0] for label in ax.get_legend_handles_labels()[1]) for ax in laws.axes] == \
+        [["medical", "natural"], ["medical", "natural"]]
     for fig in (curves, laws):
         drawn = _colours(fig)
         assert drawn["medical"] == SOURCE_COLOURS["medical"].lower()

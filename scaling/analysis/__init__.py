@@ -62,7 +62,8 @@ def describe_fits(fits: list[dict]) -> list[str]:
     lines = []
     for f in fits:
         group = ", ".join(f"{k} {f[k] if k != 'shots' else f[k] or 'all'}"
-                          for k in ("source", "model", "pretrain_size", "budget", "shots") if k in f and k != f["axis"])
+                          for k in ("source", "model", "pretrain_size", "target_size", "budget", "shots")
+                          if k in f and k != f["axis"])
         head = f"error vs {f['axis']:<13} {group:<50}"
         if "params" not in f:
             lines.append(f"{head} no fit: {f['error']}")

@@ -41,6 +41,7 @@ def draw_figures(points: pd.DataFrame, laws: list[dict], cells: list[dict], out:
         if pretrained["pretrain_size"].nunique() > 1:
             fig = plots.plot_fits(pretrained, "pretrain_size", "test_error", ["source", "model"], colours=colours,
                                   fits=_fitted(laws, "pretrain_size", ["source", "model"], cell),
+                                  facet="model", facet_order=order,
                                   extrapolate_to=10 * pretrained["pretrain_size"].max(),
                                   xlabel="pre-training images", ylabel=ERROR)
             paths += plots.save_figure(fig, out / f"laws_{stem}", PAPER_FORMATS)
