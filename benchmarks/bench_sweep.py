@@ -1,9 +1,10 @@
 """The sweep engine against brute force: Optuna + per-cell ASHA versus an exhaustive grid of learning rates.
 
 On a small from-scratch grid of the smoke study (cells = fine-tuning budgets), both get `--samples` trials per
-cell: the sweep as a study runs it (TPE samples learning rate and weight decay, ASHA stops a cell's poorer
-trials at its evaluations), the grid with `--samples` learning rates log-spaced over `finetune.lr_range` (weight
-decay at the geometric middle of its range), every trial trained to its budget. Per cell it prints the best
+cell: the sweep as a study runs it (Optuna samples learning rate and weight decay with the config's
+`sweep.sampler`, ASHA stops a cell's poorer trials at its evaluations), the grid with `--samples` learning rates
+log-spaced over the scratch cells' learning-rate range (weight decay at the geometric middle of its range), every
+trial trained to its budget. Per cell it prints the best
 validation AUC of each and the optimizer steps each used, and their ratios (sweep / grid).
 
     python benchmarks/bench_sweep.py [--samples 4] [--budgets 30 60]
@@ -92,7 +93,7 @@ def main() -> None:
     sweep = [(by_cell[name], e["metrics"]) for name, e in ledger.entries().items()]
 
     cells = sorted({p.cell for p in points}, key=lambda c: c[3])
-    lrs = np.geomspace(*cfg.finetune.lr_range, args.samples)
+    lrs = np.geomspace(*cfg.finetune.lr_range_for("scratch"), args.samples)
     firsts = [p for p in points if p.sample == 0]
     started = time.time()
     grid = _grid(jobs, [(p, float(lr)) for p in firsts for lr in lrs], work)

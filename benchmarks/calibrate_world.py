@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--models", default="", help="rungs (default: the config's)")
     parser.add_argument("--sources", default="", help="sources, scratch included (default: the config's)")
     parser.add_argument("--sizes", default="", help="pre-training sizes (default: the config's)")
-    parser.add_argument("--lrs", default="", help="fine-tuning learning rates (default: the lr range's "
-                                                  "geometric middle)")
+    parser.add_argument("--lrs", default="", help="fine-tuning learning rates (default: the geometric "
+                                                  "middle of each source's lr range)")
     parser.add_argument("--pretrain-seeds", default="", help="pre-training seeds (default: the study seed)")
     parser.add_argument("--work", default="", help="folder for checkpoints and jobs (default: a new temp dir); "
                                                    "pre-training checkpoints there are reused")
@@ -69,8 +69,7 @@ def main() -> None:
     models = _csv(args.models) or cfg.models.sizes
     sources = _csv(args.sources) or cfg.sweep.sources
     sizes = [int(s) for s in _csv(args.sizes)] or cfg.data.source_sizes
-    lo, hi = cfg.finetune.lr_range
-    lrs = [float(x) for x in _csv(args.lrs)] or [(lo * hi) ** 0.5]
+    lrs = [float(x) for x in _csv(args.lrs)]
     wd = (cfg.finetune.weight_decay_range[0] * cfg.finetune.weight_decay_range[1]) ** 0.5
     pre_seeds = [int(s) for s in _csv(args.pretrain_seeds)] or [cfg.seed]
     work = Path(args.work or tempfile.mkdtemp(prefix="calibrate-"))
@@ -102,7 +101,8 @@ def main() -> None:
     for model in models:
         for source in sources:
             for size in ([0] if source == SCRATCH else sizes):
-                for lr in lrs:
+                lo, hi = cfg.finetune.lr_range_for(source)
+                for lr in lrs or [(lo * hi) ** 0.5]:
                     per_seed = []  # per pre-training seed: the fine-tuning seeds' AUCs
                     pre_metrics = {}
                     started = time.perf_counter()

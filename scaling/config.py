@@ -137,6 +137,13 @@ class FinetuneConfig:
     #: log-uniform search ranges tuned by Optuna inside every cell
     lr_range: list[float] = field(default_factory=lambda: [1e-4, 1e-2], metadata={"min_exclusive": 0, "len": 2})
     weight_decay_range: list[float] = field(default_factory=lambda: [1e-6, 1e-3], metadata={"min_exclusive": 0, "len": 2})
+    #: the learning-rate range of cells trained from scratch (random weights take larger steps than
+    #: pre-trained ones); empty = lr_range
+    scratch_lr_range: list[float] = field(default_factory=list, metadata={"min_exclusive": 0, "empty": True})
+
+    def lr_range_for(self, source: str) -> list[float]:
+        """The learning-rate range searched in cells of `source`."""
+        return self.scratch_lr_range if source == "scratch" and self.scratch_lr_range else self.lr_range
 
 
 @dataclass
@@ -148,6 +155,10 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"min": 0})
     #: Optuna hyper-parameter samples per cell of the scaling grid
     trials_per_cell: int = _opt(1, min=1)
+    #: how they are drawn: `latin` = a Latin hypercube per cell over the log ranges, seeded by the study seed
+    #: and the cell (every cell gets the same spread; a trial's values do not depend on the order trials end);
+    #: `tpe` = one TPE over all cells, learning from every trial (see scaling/search.py)
+    sampler: Literal["latin", "tpe"] = "latin"
     max_concurrent_trials: int = _opt(1, min=1)
     #: from-scratch training also on nested, stratified subsets of the target's training split of these sizes
     #: (images), besides the full split: the curve that effective data transferred is read from; [] = none
@@ -383,8 +394,11 @@ def validate(cfg: StudyConfig) -> None:
         if recipe.micro_batch is not None and recipe.grad_accum != 1:
             raise ConfigError(f"{key}.micro_batch: got {recipe.micro_batch!r} with {key}.grad_accum "
                               f"{recipe.grad_accum}; expected one of them (micro_batch sets the accumulation)")
-    for name in ("lr_range", "weight_decay_range"):
-        low, high = getattr(cfg.finetune, name)
+    if cfg.finetune.scratch_lr_range and len(cfg.finetune.scratch_lr_range) != 2:
+        raise ConfigError(f"finetune.scratch_lr_range: got {cfg.finetune.scratch_lr_range}; expected [low, high] "
+                          "or [] (= lr_range)")
+    for name in ("lr_range", "weight_decay_range", "scratch_lr_range"):
+        low, high = getattr(cfg.finetune, name) or (0, 0)
         if low > high:
             raise ConfigError(f"finetune.{name}: got {[low, high]}; expected [low, high] with low <= high")
 

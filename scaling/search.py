@@ -1,10 +1,12 @@
 """The search over the fine-tuning grid: Optuna samples the hyper-parameters, per-cell ASHA stops poor trials.
 
-Optuna (TPE, seeded) samples learning rate and weight decay; the scaling grid is covered exactly by enqueueing
-every grid point (model, source, pre-training size, budget, shots, sample, target subset) as a partial Optuna
-trial -- Optuna fixes those axes and samples only the hyper-parameters. One search over all cells lets TPE learn
-from every trial; `PerCellASHA` stops a trial only against trials of its own cell, since a fine-tuning budget or
-a source changes what a good validation AUC is.
+Optuna samples learning rate and weight decay; the scaling grid is covered exactly by enqueueing every grid point
+(model, source, pre-training size, budget, shots, sample, target subset) as a partial Optuna trial -- Optuna fixes
+those axes and samples only the hyper-parameters. `sweep.sampler` chooses how: `latin` (`CellLatinSampler`) gives
+every cell the same stratified spread of values, fixed by the study seed and the cell; `tpe` runs one seeded TPE
+over all cells, which learns from every trial but hands scratch cells the learning rates the (more numerous)
+pre-trained cells liked, and whose samples depend on the order trials end. `PerCellASHA` stops a trial only
+against trials of its own cell, since a fine-tuning budget or a source changes what a good validation AUC is.
 
 A trial whose loss stopped being finite (it reports `DIVERGED_STEP`, its metrics NaN) is told to Optuna as PRUNED,
 not FAIL and not a made-up worst value: TPE ranks pruned trials below every complete one, so it learns to avoid
@@ -19,7 +21,10 @@ opens it) and holds one trial per grid point: a resumed sweep continues that stu
 from __future__ import annotations
 
 import math
+import zlib
 
+import numpy as np
+import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -41,7 +46,8 @@ def point_of(config: dict) -> FinetunePoint:
 
 class GridSpace:
     """Optuna define-by-run space: the grid axes as categoricals (fixed by the enqueued points) and the
-    hyper-parameters as log-uniform ranges. A class, not a closure, so Tune can pickle the searcher."""
+    hyper-parameters as log-uniform ranges (the learning rate's depends on the source: see
+    `FinetuneConfig.lr_range_for`). A class, not a closure, so Tune can pickle the searcher."""
 
     def __init__(self, cfg):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
@@ -49,19 +55,22 @@ class GridSpace:
                         "shots": list(cfg.data.shots),
                         "sample": list(range(cfg.sweep.trials_per_cell)),
                         "target_subset": [0, *cfg.sweep.scratch_target_sizes]}
-        self.ranges = {"lr": tuple(cfg.finetune.lr_range), "weight_decay": tuple(cfg.finetune.weight_decay_range)}
+        self.lr_ranges = {s: tuple(cfg.finetune.lr_range_for(s)) for s in cfg.sweep.sources}
+        self.weight_decay_range = tuple(cfg.finetune.weight_decay_range)
+        self.names = ["lr", "weight_decay"]
 
-    def distributions(self) -> dict:
-        import optuna
+    def ranges(self, source: str) -> dict:
+        return {"lr": self.lr_ranges[source], "weight_decay": self.weight_decay_range}
 
+    def distributions(self, source: str) -> dict:
         out = {axis: optuna.distributions.CategoricalDistribution(c) for axis, c in self.choices.items()}
-        out.update({k: optuna.distributions.FloatDistribution(*r, log=True) for k, r in self.ranges.items()})
+        out.update({k: optuna.distributions.FloatDistribution(*r, log=True) for k, r in self.ranges(source).items()})
         return out
 
     def __call__(self, trial) -> None:
         for axis, choices in self.choices.items():
             trial.suggest_categorical(axis, choices)
-        for name, (low, high) in self.ranges.items():
+        for name, (low, high) in self.ranges(trial.params["source"]).items():
             trial.suggest_float(name, low, high, log=True)
 
 
@@ -75,11 +84,13 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
     - a pending point without a WAITING trial is enqueued (with the ledger's hyper-parameters if it started);
     - an ended point the study does not know (e.g. optuna.db removed) is added with its result.
     What it cannot undo: a trial that failed stays in the study as FAIL beside its retry."""
-    import optuna
     from optuna.trial import TrialState
 
     space = GridSpace(cfg)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    if cfg.sweep.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    else:
+        sampler = CellLatinSampler(space.names, cfg.sweep.trials_per_cell, cfg.seed)
     storage = optuna.storages.RDBStorage(storage)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
                                 load_if_exists=True)
@@ -105,17 +116,56 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
             else:  # a leftover for a point that ended or is queued already: never asked for
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     for name, entry in ledger.items():
-        if name not in known and entry["status"] == "diverged":
-            study.add_trial(optuna.trial.create_trial(params=_params(entry), distributions=space.distributions(),
-                                                      state=TrialState.PRUNED))
-        elif name not in known and entry["status"] in ENDED and _value(entry) is not None:
-            study.add_trial(optuna.trial.create_trial(params=_params(entry), distributions=space.distributions(),
-                                                      value=_value(entry)))
+        if name in known:
+            continue
+        if entry["status"] == "diverged":
+            study.add_trial(optuna.trial.create_trial(params=_params(entry), state=TrialState.PRUNED,
+                                                      distributions=space.distributions(entry["source"])))
+        elif entry["status"] in ENDED and _value(entry) is not None:
+            study.add_trial(optuna.trial.create_trial(params=_params(entry), value=_value(entry),
+                                                      distributions=space.distributions(entry["source"])))
     for point in pending:
         if point.name not in waiting:
             started = ledger.get(point.name, {})
             study.enqueue_trial({**point.as_dict(), **{k: started[k] for k in ("lr", "weight_decay") if k in started}})
     return _Search(space, metric=METRIC, mode="max", sampler=sampler, study_name=STUDY_NAME, storage=storage)
+
+
+class CellLatinSampler(optuna.samplers.BaseSampler):
+    """The `per_cell` samples of a cell form a Latin hypercube over the hyper-parameters: each one's (log) range
+    is cut into `per_cell` equal strata and every stratum holds one sample, the design drawn from a generator
+    seeded by the study seed and the cell. So every cell, scratch or pre-trained, gets the same spread of
+    learning rates (with two samples: one in each half of the log range), and a sample's values depend on its
+    grid point alone -- not on which trials ended before it was asked -- so a resumed run, or one on a loaded
+    machine, asks the same points. Written here because Optuna has no sampler that stratifies within groups of
+    enqueued fixed parameters; scipy's LatinHypercube draws the design."""
+
+    def __init__(self, names: list[str], per_cell: int, seed: int):
+        self.names, self.per_cell, self.seed = names, per_cell, seed
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        fixed = trial.system_attrs.get("fixed_params", {})
+        if not set(AXES) <= set(fixed) or param_name not in self.names:
+            raise ValueError(f"CellLatinSampler samples {self.names} of enqueued grid points only; trial "
+                             f"{trial.number} asks for {param_name!r} with fixed parameters {sorted(fixed)}")
+        point = point_of(fixed)
+        u = self._design(point.cell)[point.sample % self.per_cell, self.names.index(param_name)]
+        low, high = param_distribution.low, param_distribution.high
+        if param_distribution.log:
+            return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        return low + u * (high - low)
+
+    def _design(self, cell: tuple) -> np.ndarray:
+        from scipy.stats import qmc
+
+        rng = np.random.default_rng([self.seed, zlib.crc32(repr(cell).encode())])
+        return qmc.LatinHypercube(d=len(self.names), rng=rng).random(self.per_cell)
 
 
 class _Search(OptunaSearch):

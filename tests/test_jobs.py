@@ -90,3 +90,43 @@ def test_resumed_search_holds_each_grid_trial_once_with_its_final_value(tmp_path
         ledger[point_of(config).name] = {**config, "status": "finished", "metrics": {METRIC: 0.6 + i / 100}}
     make_searcher(cfg, [], ledger, url)
     assert sorted(v for _, _, v, _ in _trials(db)) == pytest.approx([0.6, 0.61, 0.62, 0.71])
+
+
+def _sampled(cfg, points, url) -> dict[str, tuple[float, float]]:
+    search = make_searcher(cfg, points, {}, url)
+    configs = [search.suggest(str(i)) for i in range(len(points))]
+    return {point_of(c).name: (c["lr"], c["weight_decay"]) for c in configs}
+
+
+def test_latin_sampler_spreads_each_cells_samples_and_ignores_the_order_they_are_asked(tmp_path):
+    import math
+
+    cfg = load_config(SMOKE, ["sweep.trials_per_cell=4", "finetune.budgets=[20, 30]"])
+    assert cfg.sweep.sampler == "latin"
+    points = finetune_points(cfg)
+    forward = _sampled(cfg, points, f"sqlite:///{tmp_path / 'a.db'}")
+    backward = _sampled(cfg, points[::-1], f"sqlite:///{tmp_path / 'b.db'}")
+    assert forward == backward  # a point's values depend on the point alone
+
+    cells: dict[tuple, list] = {}
+    for p in points:
+        cells.setdefault(p.cell, []).append(forward[p.name])
+    assert len(cells) == 4  # scratch and medical at two budgets
+    for cell, samples in cells.items():
+        source = cell[1]
+        for k, (low, high) in {0: cfg.finetune.lr_range_for(source), 1: cfg.finetune.weight_decay_range}.items():
+            # one sample in each quarter of the log range
+            quarters = sorted(int(4 * math.log(s[k] / low) / math.log(high / low)) for s in samples)
+            assert quarters == [0, 1, 2, 3], samples
+    designs = [sorted(samples) for samples in cells.values()]
+    assert all(designs.count(d) == 1 for d in designs)  # each cell its own draw
+
+    # scratch cells search their own learning-rate range, with either sampler
+    for sampler in ("latin", "tpe"):
+        own = load_config(SMOKE, [f"sweep.sampler={sampler}", "finetune.budgets=[20, 30]",
+                                  "finetune.scratch_lr_range=[0.5, 0.9]"])
+        points = finetune_points(own)
+        sampled = _sampled(own, points, f"sqlite:///{tmp_path / sampler}.db")
+        for p in points:
+            low, high = (0.5, 0.9) if p.source == "scratch" else own.finetune.lr_range
+            assert low <= sampled[p.name][0] <= high, (p.name, sampled[p.name])
