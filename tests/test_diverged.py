@@ -94,7 +94,7 @@ def test_out_of_memory_names_the_memory_asked_for_and_the_grad_accum_that_fits(t
 @pytest.mark.slow
 def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tmp_path):
     """A smoke-sized study from scratch with a learning-rate range of 60 decades: the trial sampled high diverges
-    for real, the others finish; every trial ends and the study writes its results and dashboard. (The cell's
+    for real, the others end (finished, or stopped by ASHA); the study writes its results and dashboard. (The cell's
     Latin hypercube puts its three samples at about 1e-13, 1e-3 and 1e26, far from where divergence starts: with
     TPE and 1e-2..1e8 they fell at 172, 3e3 and 1e4, and 172 diverged at the last step on one machine and not on
     another.)"""
@@ -106,8 +106,11 @@ def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tm
                 "sweep.trials_per_cell=3", "finetune.lr_range=[1.0e-30, 1.0e+30]", cache=tmp_path / "cache")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = pd.read_parquet(out / "results.parquet")
-    assert set(table["status"]) == {"finished", "diverged"}, table[["trial", "status", "lr"]]
+    # ASHA may also stop one of the two that do not diverge, depending on which reaches its rung first
+    assert {"finished", "diverged"} <= set(table["status"]) <= {"finished", "stopped", "diverged"}, \
+        table[["trial", "status", "lr"]]
     diverged, finished = table[table["status"] == "diverged"], table[table["status"] == "finished"]
+    ended = table[table["status"] != "diverged"]
     assert diverged["lr"].min() > 10  # only learning rates far above the recipe's 0.01-0.2 diverge
     assert (diverged[DIVERGED_STEP] >= 1).all() and diverged["status_detail"].str.startswith("diverged at step").all()
     assert diverged["test_roc_auc"].isna().all() and finished["test_roc_auc"].notna().all()
@@ -121,11 +124,11 @@ def test_a_study_whose_learning_rates_reach_divergence_records_it_and_goes_on(tm
     # Optuna was told: pruned (TPE ranks those below every complete trial), never failed
     search = optuna.load_study(study_name="finetune", storage=f"sqlite:///{out / 'optuna.db'}")
     states = sorted(t.state.name for t in search.trials)
-    assert states == sorted(["PRUNED"] * len(diverged) + ["COMPLETE"] * len(finished))
+    assert states == sorted(["PRUNED"] * len(diverged) + ["COMPLETE"] * len(ended))
 
     page = (out / "dashboard.html").read_text()
     data = json.loads(page.split('id="dashboard-data">')[1].split("</script>")[0])
-    marked = {r["trial"]: r for r in data["trials"] if r["status"] != "finished"}
+    marked = {r["trial"]: r for r in data["trials"] if r["status"] == "diverged"}
     assert set(marked) == set(diverged["trial"]) and "status" in data["trial_columns"]
     assert all(r["status_detail"].startswith("diverged at step") for r in marked.values())
 
