@@ -155,7 +155,7 @@ class CellLatinSampler(optuna.samplers.BaseSampler):
             raise ValueError(f"CellLatinSampler samples {self.names} of enqueued grid points only; trial "
                              f"{trial.number} asks for {param_name!r} with fixed parameters {sorted(fixed)}")
         point = point_of(fixed)
-        u = self._design(point.cell)[point.sample % self.per_cell, self.names.index(param_name)]
+        u = self._design(point.cell)[point.sample, self.names.index(param_name)]
         low, high = param_distribution.low, param_distribution.high
         if param_distribution.log:
             return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
