@@ -157,7 +157,7 @@ class SweepConfig:
     trials_per_cell: int = _opt(1, min=1)
     #: how they are drawn: `latin` = a Latin hypercube per cell over the log ranges, seeded by the study seed
     #: and the cell (every cell gets the same spread; a trial's values do not depend on the order trials end);
-    #: `tpe` = one TPE over all cells, learning from every trial (see scaling/search.py)
+    #: `tpe` = one TPE over all cells, learning from every trial (see scaling/sweep/search.py)
     sampler: Literal["latin", "tpe"] = "latin"
     max_concurrent_trials: int = _opt(1, min=1)
     #: from-scratch training also on nested, stratified subsets of the target's training split of these sizes
@@ -441,7 +441,7 @@ def _validate_source(key: str, ref: DatasetRef, cfg: StudyConfig, registry) -> N
 def _validate_published(key: str, point: PublishedWeights, models: ModelsConfig) -> None:
     import string
 
-    from scaling import published
+    from scaling.models import published
 
     if point.weights == "hf":
         if point.url:

@@ -4,7 +4,7 @@ Stopping and resuming: SIGUSR1 or SIGTERM ends the current stage cleanly (Tune e
 Train run keeps its last checkpoint, the ledger and MLflow keep what ended) and the study exits with
 EXIT_RESUMABLE; running the same command again continues where it stopped. A driver killed outright
 (SIGKILL) resumes the same way, from the last checkpoints and the ledger. The study's own MLflow server, if it
-dies, is started again by the study (scaling/tracking.py, `TrackingServer`).
+dies, is started again by the study (scaling/track/tracking.py, `TrackingServer`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from scaling import config as config_mod
-from scaling.ledger import Ledger
-from scaling.plan import finetune_points, pretrain_jobs
-from scaling.progress import Progress
+from scaling.sweep.ledger import Ledger
+from scaling.sweep.plan import finetune_points, pretrain_jobs
+from scaling.track.progress import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATA, EXIT_RESUMABLE = 0, 1, 2, 3, 75
 #: for the Ray processes of a study. Train's controller looks at its workers every 2 s by default, so a job that
@@ -89,7 +89,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     import optuna
 
     from scaling.data.stage import prepare_study_data
-    from scaling.jobs import check_target_sizes
+    from scaling.sweep.jobs import check_target_sizes
 
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,7 +104,7 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
     prepare_study_dir(cfg, study_dir)
     stops.check()
 
-    from scaling import tracking
+    from scaling.track import tracking
 
     server = None
     if not (tracking_uri or cfg.tracking.uri):
@@ -175,12 +175,12 @@ def _link_ray_logs(session_logs: Path, log_dir: Path) -> None:
 def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, stops: _StopRequests) -> int:
     import ray
 
-    from scaling import sweep
+    from scaling.sweep import tune as sweep
     from scaling.analysis import analyse
-    from scaling.jobs import StudyJobs
-    from scaling.ledger import ENDED
-    from scaling.results import results_table, write_table
-    from scaling.search import METRIC
+    from scaling.sweep.jobs import StudyJobs
+    from scaling.sweep.ledger import ENDED
+    from scaling.analysis.results import results_table, write_table
+    from scaling.sweep.search import METRIC
     from scaling.train.store import CheckpointStore
 
     jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"), jobs_dir=str(study_dir / "jobs"))
@@ -238,8 +238,8 @@ def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, 
 def _trust_stage(cfg, data, study_dir: Path, table, tracker, progress: Progress):
     """The finished trials' test predictions copied out of their jobs (predictions/<trial>.npz), and the saliency
     of the tuned trial per cell, joined to the results table as saliency_* columns."""
-    from scaling import saliency
-    from scaling.results import best_per_cell
+    from scaling.evaluate import saliency
+    from scaling.analysis.results import best_per_cell
     from scaling.train.outputs import collect_predictions
 
     finished = table.loc[table["status"] == "finished", "trial"].tolist() if len(table) else []
@@ -252,7 +252,7 @@ def _trust_stage(cfg, data, study_dir: Path, table, tracker, progress: Progress)
 
 def _trust_figures(table, study_dir: Path, seed: int, tracker, progress: Progress) -> list[str]:
     """Reliability diagrams and the laws of calibration error and localisation (figures/, trust_fits.json)."""
-    from scaling.trust import FITS_FILE, trust_figures, trust_table
+    from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
 
     figures = trust_figures(table, study_dir, seed)
     if figures:

@@ -13,9 +13,9 @@ import pandas as pd
 
 from scaling.analysis.findings import findings, findings_table
 from scaling.analysis.grid import per_seed, plain
-from scaling.analysis.laws import all_laws
+from scaling.analysis.fits import all_laws
 from scaling.analysis.transfer import transfer_cells, transfer_law
-from scaling.results import best_per_cell
+from scaling.analysis.results import best_per_cell
 
 GROUP = ["model", "budget", "shots"]
 

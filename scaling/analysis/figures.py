@@ -23,7 +23,7 @@ def _fitted(laws: list[dict], axis: str, group_by: list[str], cell: dict) -> dic
 def draw_figures(points: pd.DataFrame, laws: list[dict], cells: list[dict], out: Path, seed: int) -> list[Path]:
     """Per budget and shots: the transfer curves (one panel per model, by size), the laws against pre-training
     images with their bands extrapolated a decade, error against model size; effective data transferred.
-    ``laws`` are the entries of :func:`scaling.analysis.laws.all_laws` with their fitted objects."""
+    ``laws`` are the entries of :func:`scaling.analysis.fits.all_laws` with their fitted objects."""
     from scaling.laws import plots
 
     colours = source_colours(points["source"])

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis.grid import SCRATCH, has_target_axis, plain
-from scaling.analysis.laws import fit_curve
+from scaling.analysis.fits import fit_curve
 from scaling.laws import FitError, fit, fit_transfer, scratch_size_for
 
 GROUP = ["model", "budget", "shots"]

@@ -10,7 +10,7 @@ fingerprint, the preprocessing and SHARD_FORMAT_VERSION):
                            skipped keys
 
 A shard set is built in a temporary sibling directory that is renamed into place after its manifest is
-written (scaling/publish.py), so a directory at the final path is complete; one without a valid manifest
+written (scaling/files.py), so a directory at the final path is complete; one without a valid manifest
 (tampered with, or from another format version) is never read and is rebuilt. Concurrent preparers of one key
 (two studies sharing a cache) serialise on a `filelock.FileLock` next to it (flock: released by the kernel
 when a preparer dies); the loser of the race finds the winner's result and reuses it. Every build that
@@ -20,7 +20,7 @@ Corruption: a preparer that finds a set re-reads every file against the sha256 r
 (`prepare_shards`, once per study run in the driver, before any worker reads it); a set that no longer matches
 is rebuilt, with a warning naming the file, since shards are a pure function of the dataset and can always be
 made again. Workers opening a set (`ShardSet.open`) check only sizes: hashing terabytes per job would cost more
-than the jobs. A full file system while building raises `scaling.publish.NoSpace` naming the set and the space
+than the jobs. A full file system while building raises `scaling.files.NoSpace` naming the set and the space
 it needs, and leaves nothing at the final path.
 
 Reading: `ShardReader` (torch-free random access with a per-process LRU cache of row groups) and
@@ -51,7 +51,7 @@ from filelock import FileLock
 
 from scaling.data.base import RECORD_COLUMNS, SPLITS, DataError, Dataset, Task
 from scaling.data.preprocess import Preprocess, decode_png, encode_png, preprocess_image
-from scaling.publish import MANIFEST, publish, space_for, verify, written
+from scaling.files import MANIFEST, publish, space_for, verify, written
 
 #: bump when the on-disk layout changes; old shard sets then get a new key and are rebuilt
 SHARD_FORMAT_VERSION = 1

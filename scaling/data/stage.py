@@ -35,7 +35,7 @@ class StudyData:
     target: PreparedSet
     #: by source role ("natural", "medical"); a source of published weights alone has none
     sources: dict[str, PreparedSet]
-    #: published weights files by (role, images, rung), see scaling.published.resolve
+    #: published weights files by (role, images, rung), see scaling.models.published.resolve
     weights: dict[tuple[str, int, str], str] = field(default_factory=dict)
     #: the leakage guard's counts by source role: near-duplicates found, source images removed
     leakage: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -44,7 +44,8 @@ class StudyData:
 def prepare_study_data(cfg, log=print) -> StudyData:
     """Open every dataset (bad input raises DataError naming the file), check that the configured subset
     sizes fit, and build or reuse the shards. `cfg` is a scaling.config.StudyConfig."""
-    from scaling import models, published
+    from scaling import models
+    from scaling.models import published
     from scaling.config import has_own_data
 
     data = cfg.data

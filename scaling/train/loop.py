@@ -74,7 +74,7 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     from scaling.data.subsets import balanced_sampler_weights
     from scaling.train import faults, memory
     from scaling.train.batches import StepBatches
-    from scaling.train.metrics import METRICS
+    from scaling.evaluate.metrics import METRICS
     from scaling.train.optim import make_optimizer, make_scheduler
     from scaling.train.session import TrainSession
 
@@ -273,7 +273,7 @@ def _outputs(model, dataset, device, autocast, world: int, batch_size: int = 256
 
 
 def _evaluate(kind: str, logits: np.ndarray, y: np.ndarray) -> dict:
-    from scaling.train.metrics import confusion_matrix, evaluate
+    from scaling.evaluate.metrics import confusion_matrix, evaluate
 
     probs = _probabilities(kind, torch.from_numpy(logits)).numpy()
     return {**evaluate(kind, y, probs), "confusion": confusion_matrix(kind, y, probs).tolist()}
@@ -285,8 +285,8 @@ def _trust(kind: str, val: list[tuple], test: list[tuple], spec: JobSpec) -> tup
     Binary and multiclass tasks (the fine-tuning targets); none for multilabel."""
     if kind not in ("binary", "multiclass"):
         return {}, None
-    from scaling import calibration, uncertainty
-    from scaling.train.metrics import METRICS
+    from scaling.evaluate import calibration, uncertainty
+    from scaling.evaluate.metrics import METRICS
 
     started = time.perf_counter()
     per_seed, diagrams = [], []

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from scaling.publish import MANIFEST, publish, verify
+from scaling.files import MANIFEST, publish, verify
 
 #: checkpoints a local job keeps (the newest one is what a restart resumes from)
 KEEP = 2

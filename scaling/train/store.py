@@ -8,7 +8,7 @@ Commit protocol (a killed build leaves nothing that looks finished): the build w
 ``ROOT/.tmp/<key>.<token>/``; then every file and directory there is fsynced, the manifest is written and
 fsynced last, the directory is renamed to ``ROOT/<key>`` (atomic within one file system) and the root fsynced.
 An entry exists exactly when ``ROOT/<key>/manifest.json`` does. A full file system during the build or the
-commit raises `scaling.publish.NoSpace` naming the entry and what had been written, and stores nothing.
+commit raises `scaling.files.NoSpace` naming the entry and what had been written, and stores nothing.
 
 Corruption (bytes flipped or a file truncated after the commit): `intact` re-reads an entry against the sha256
 recorded at commit; the driver asks it before each pre-training wave, and `get_or_create` before reusing an
@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from scaling.publish import MANIFEST, publish, space_for, verify, written
+from scaling.files import MANIFEST, publish, space_for, verify, written
 
 #: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
 STATE_FILE = "model.pt"

@@ -27,9 +27,9 @@ from pathlib import Path
 from ray.tune import Callback
 
 from scaling.config import ConfigError
-from scaling.jobs import StudyJobs, model_params
-from scaling.plan import FinetunePoint, PretrainJob
-from scaling.search import METRIC, PerCellASHA, make_searcher, point_of
+from scaling.sweep.jobs import StudyJobs, model_params
+from scaling.sweep.plan import FinetunePoint, PretrainJob
+from scaling.sweep.search import METRIC, PerCellASHA, make_searcher, point_of
 from scaling.train.faults import DIVERGED_STEP, describe_divergence
 
 

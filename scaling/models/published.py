@@ -13,21 +13,23 @@ import os
 import urllib.request
 from pathlib import Path
 
+from scaling.models import ladders
+from scaling.models.ladders import ModelError
+from scaling.models.weights import check_weights, fetch_hub, hub_file
+
 #: the command that fetches what a config needs (named in errors)
 DOWNLOAD = "python -m scaling.models download --config <this study's config>"
 
 
 def check_tags(ladder: str, sizes: list[str], tag: str) -> None:
     """ValueError unless timm publishes weights under `tag` (empty: the ladder's own) for every rung in `sizes`."""
-    from scaling import models
-
     for name in sizes:
-        r = models.rung(ladder, name)
+        r = ladders.rung(ladder, name)
         wanted = tag or r.hub_tag
         if wanted is None:
             raise ValueError(f"{ladder}/{name} has no published weights on the Hugging Face hub; give a weights "
                              "file instead (weights: /path/{model}.pt)")
-        tags = models.published_tags(r)
+        tags = ladders.published_tags(r)
         if wanted not in tags:
             raise ValueError(f"timm publishes no weights {r.arch}.{wanted} for {ladder}/{name}; its tags: "
                              f"{', '.join(tags)}")
@@ -42,47 +44,43 @@ def needed(cfg) -> list[tuple[str, object, str]]:
 def resolve(cfg, hf_cache: str | Path | None = None) -> dict[tuple[str, int, str], str]:
     """{(role, images, rung): weights file} for every published point, found offline; ModelError listing every
     missing file (repository or path) and the download command, and every file that does not fit its rung."""
-    from scaling import models
-
     os.environ["HF_HUB_OFFLINE"] = "1"  # a cache miss must not turn into a download on a compute node
     found, missing = {}, []
     for role, point, model in needed(cfg):
-        r = models.rung(cfg.models.ladder, model)
+        r = ladders.rung(cfg.models.ladder, model)
         try:
             if point.weights == "hf":
-                path = models.hub_file(r, hf_cache, tag=point.tag or None, command=DOWNLOAD)
+                path = hub_file(r, hf_cache, tag=point.tag or None, command=DOWNLOAD)
             else:
                 path = Path(point.weights.format(model=model))
                 if not path.is_file():
-                    raise models.ModelError(f"weights file {path} of {cfg.models.ladder}/{model} does not exist; "
+                    raise ModelError(f"weights file {path} of {cfg.models.ladder}/{model} does not exist; "
                                             + (f"run `{DOWNLOAD}` on a machine with internet (it fetches "
                                                f"{point.url.format(model=model)})" if point.url else
                                                "copy it there"))
-                models.check_weights(cfg.models.ladder, model, path)  # hub files are that rung's own release
-        except models.ModelError as e:
+                check_weights(cfg.models.ladder, model, path)  # hub files are that rung's own release
+        except ModelError as e:
             missing.append(f"data.sources.{role} published {point.name!r}: {e}")
             continue
         found[(role, point.images, model)] = str(path.resolve())
     if missing:
-        raise models.ModelError("published weights missing or unusable:\n  " + "\n  ".join(missing))
+        raise ModelError("published weights missing or unusable:\n  " + "\n  ".join(missing))
     return found
 
 
-def download(cfg, hf_cache: str | Path | None = None) -> list[Path]:
+def download_for_config(cfg, hf_cache: str | Path | None = None) -> list[Path]:
     """Fetch exactly the published weights `cfg` needs (needs internet): timm's from the Hugging Face hub into
     the cache, files from their `url`. Files already present are kept."""
-    from scaling import models
-
     paths = []
     for role, point, model in needed(cfg):
-        r = models.rung(cfg.models.ladder, model)
+        r = ladders.rung(cfg.models.ladder, model)
         if point.weights == "hf":
-            path = models.fetch_hub(r.hub_repo(point.tag or None), hf_cache)
+            path = fetch_hub(r.hub_repo(point.tag or None), hf_cache)
         else:
             path = Path(point.weights.format(model=model))
             if not path.is_file():
                 if not point.url:
-                    raise models.ModelError(f"data.sources.{role} published {point.name!r}: {path} does not exist "
+                    raise ModelError(f"data.sources.{role} published {point.name!r}: {path} does not exist "
                                             "and no url is configured to fetch it from")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(path.name + ".partial")
@@ -90,7 +88,7 @@ def download(cfg, hf_cache: str | Path | None = None) -> list[Path]:
                 try:
                     urllib.request.urlretrieve(url, partial)
                 except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-                    raise models.ModelError(f"cannot fetch {url} for data.sources.{role} published "
+                    raise ModelError(f"cannot fetch {url} for data.sources.{role} published "
                                             f"{point.name!r}: {e}") from e
                 partial.rename(path)
         print(f"{role} {point.name} {cfg.models.ladder}/{model}: {path}", flush=True)

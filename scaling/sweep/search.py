@@ -28,8 +28,8 @@ import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from scaling.ledger import ENDED
-from scaling.plan import FinetunePoint, all_pretrain_sizes
+from scaling.sweep.ledger import ENDED
+from scaling.sweep.plan import FinetunePoint, all_pretrain_sizes
 from scaling.train.faults import DIVERGED_STEP
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import xlogy
 from scipy.stats import norm, rankdata
 
-from scaling.train.metrics import evaluate
+from scaling.evaluate.metrics import evaluate
 
 COVERAGE = 0.8
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.plan import BOTH, SCRATCH
-from scaling.publish import publish_file
+from scaling.sweep.plan import BOTH, SCRATCH
+from scaling.files import publish_file
 from scaling.train.faults import DIVERGED_STEP, describe_divergence
 
 #: FLOPs of a training step per image: forward + backward ~ 3x the forward
@@ -54,7 +54,7 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, study_dir: Path) -> list[Path]:
     """results.parquet and results.csv, each serialised in memory and published atomically: a full disk
-    raises `scaling.publish.NoSpace` naming the file and its size, and leaves the previous table readable."""
+    raises `scaling.files.NoSpace` naming the file and its size, and leaves the previous table readable."""
     parquet = io.BytesIO()
     table.to_parquet(parquet, index=False)
     return [publish_file(study_dir / "results.parquet", parquet.getvalue()),

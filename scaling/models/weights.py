@@ -1,13 +1,5 @@
-"""Model ladders: timm architectures ordered by size, their parameter and FLOP counts, and weight loading.
-
-Ladders (smallest rung first, parameters strictly increasing):
-  - ``bit``: BiT ResNet-v2 R50x1 .. R152x4, the reference study's family, ImageNet-21k weights (timm ``goog_in21k``).
-  - ``vit``: ViT-Ti/S/B/L with 16 px patches, ImageNet-21k weights (timm ``augreg_in21k``).
-  - ``cpu``: miniature ResNet-v2s for the embedded default on 2 CPU cores at 32-64 px (~7k to ~1.2M parameters).
-    BiT's timm class, pre-activation blocks and stem, with basic blocks, one block per stage, three stages and the
-    width as the only knob -- but BatchNorm and plain convolutions instead of BiT's GroupNorm and weight
-    standardisation: at these sizes, pre-trained on the synthetic medical source, BatchNorm rungs transferred to
-    the COVIDx-like target and GroupNorm ones did not (no gain over scratch in a 4-seed calibration).
+"""Building a rung with weights: random, a checkpoint file, Google's ``.npz`` releases or timm's published weights
+from the local Hugging Face cache; and fetching published weights on a machine with internet.
 
 Grayscale X-rays: every model takes 3 channels and grayscale batches are replicated (``to_rgb``, a view), rather
 than building ``in_chans=1`` models. Replication keeps every checkpoint interchangeable: ImageNet-21k weights, a
@@ -22,156 +14,25 @@ is exact (plain convolutions and ViT's patch embedding).
 Weights load offline only: from a local file (a state_dict, or Google's ``.npz`` of BiT or ViT), or from the Hugging Face
 cache that ``python -m scaling.models download LADDER`` (or ``download --config STUDY.yaml``, exactly what a study
 names) fills on a machine with internet (compute nodes have none).
-
-Activation checkpointing (``Recipe.grad_checkpointing``) is timm's ``set_grad_checkpointing()``, which every
-ladder's architecture implements.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import dataclass, field
-from functools import lru_cache
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
-import timm
 import torch
-from timm.layers import BatchNormAct2d, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame, create_conv2d
-from timm.models import adapt_input_conv, get_pretrained_cfg
+from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from timm.models import adapt_input_conv
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from scaling.models.ladders import LADDERS, ModelError, Rung, build, check_img_size, count_params, rung
 
 #: convolutions that standardise their weights in the forward pass, so summing input channels is not exact
 _STANDARDISED_CONVS = (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)
 #: files a timm repository on the Hugging Face hub holds its weights in, preferred first
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class ModelError(ValueError):
-    """Unknown ladder or rung, unusable input size, or weights that are missing or do not fit the model."""
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One model size: built as ``timm.create_model(arch, **kwargs)``."""
-
-    ladder: str
-    name: str
-    arch: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict, compare=False)
-    #: timm pretrained tag of the published ImageNet-21k weights; None: only our own checkpoints
-    hub_tag: str | None = None
-    #: ViTs are built for one input size, which must be a multiple of the patch; None: any size
-    patch: int | None = None
-
-    @property
-    def hub_id(self) -> str | None:
-        """The Hugging Face repository of the published weights, e.g. ``timm/resnetv2_50x1_bit.goog_in21k``."""
-        return self.hub_repo()
-
-    def hub_repo(self, tag: str | None = None) -> str | None:
-        """The Hugging Face repository of timm's weights under pretrained `tag` (default: `hub_tag`)."""
-        tag = tag or self.hub_tag
-        if tag is None:
-            return None
-        cfg = get_pretrained_cfg(f"{self.arch}.{tag}")
-        if cfg is None:
-            raise ModelError(f"timm has no weights {self.arch}.{tag} for {self.ladder}/{self.name}; its tags: "
-                             f"{', '.join(published_tags(self)) or '(none)'}")
-        return cfg.hf_hub_id
-
-
-@dataclass(frozen=True)
-class Ladder:
-    name: str
-    rungs: tuple[Rung, ...]
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(r.name for r in self.rungs)
-
-
-def _bit(arch: str) -> Rung:
-    return Rung("bit", "R" + arch.split("_")[1], arch, hub_tag="goog_in21k")  # resnetv2_50x1_bit -> R50x1
-
-
-def _vit(size: str) -> Rung:
-    return Rung("vit", size, f"vit_{size}_patch16_224", hub_tag="augreg_in21k", patch=16)
-
-
-# BiT's architecture (resnetv2) at small widths, with timm's BatchNorm pre-activation layers (as resnetv2_50)
-_MINI_RESNETV2 = dict(layers=[1, 1, 1], stem_type="fixed", conv_layer=create_conv2d, norm_layer=BatchNormAct2d)
-
-
-def _mini(width: int) -> Rung:
-    return Rung("cpu", f"w{width}", "resnetv2_18",
-                dict(_MINI_RESNETV2, channels=(width, 2 * width, 4 * width), stem_chs=width))
-
-
-LADDERS: dict[str, Ladder] = {
-    "bit": Ladder("bit", tuple(_bit(f"resnetv2_{d}_bit") for d in
-                               ("50x1", "101x1", "50x3", "152x2", "101x3", "152x4"))),
-    "vit": Ladder("vit", tuple(_vit(s) for s in ("tiny", "small", "base", "large"))),
-    "cpu": Ladder("cpu", tuple(_mini(w) for w in (4, 6, 8, 12, 16, 24, 32, 48, 64))),
-}
-
-
-def published_tags(r: Rung) -> list[str]:
-    """timm's pretrained tags for the architecture of `r` (e.g. goog_in21k, goog_in21k_ft_in1k)."""
-    return [name.split(".", 1)[1] for name in timm.list_pretrained(f"{r.arch}.*")] if r.hub_tag else []
-
-
-def rung(ladder: str, name: str) -> Rung:
-    """The rung `name` of `ladder`; ModelError listing the valid names otherwise."""
-    if ladder not in LADDERS:
-        raise ModelError(f"unknown model ladder {ladder!r}; valid ladders: {', '.join(LADDERS)}")
-    for r in LADDERS[ladder].rungs:
-        if r.name == name:
-            return r
-    raise ModelError(f"unknown model {name!r} in ladder {ladder!r}; valid names: {', '.join(LADDERS[ladder].names)}")
-
-
-def _check_img_size(r: Rung, img_size: int | None) -> None:
-    if r.patch is not None and img_size is not None and (img_size <= 0 or img_size % r.patch):
-        raise ModelError(f"{r.ladder}/{r.name} needs an input size that is a positive multiple of {r.patch} px, "
-                         f"got {img_size}")
-
-
-def _build(r: Rung, num_classes: int, in_chans: int, img_size: int | None) -> nn.Module:
-    kwargs = dict(r.kwargs, num_classes=num_classes, in_chans=in_chans)
-    if r.patch is not None and img_size is not None:
-        kwargs["img_size"] = img_size
-    return timm.create_model(r.arch, pretrained=False, **kwargs)
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not) of `model`."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@lru_cache(maxsize=None)
-def params(r: Rung, num_classes: int = 0) -> int:
-    """Parameters of rung `r` with a `num_classes` head; 0 (the default) counts the backbone alone, the N of the
-    scaling laws, which then does not change with the task. ViTs are counted at 224 px (their position
-    embeddings grow with the resolution). Counted on the meta device (no memory, ~1 s for R152x4) and cached."""
-    with torch.device("meta"):
-        return count_params(_build(r, num_classes, 3, None))
-
-
-@lru_cache(maxsize=None)
-def flops_per_image(r: Rung, resolution: int) -> int:
-    """Forward FLOPs of the backbone of `r` for one 3-channel `resolution`² image, as torch's FlopCounterMode counts
-    them (a multiply-add is 2 FLOPs; convolutions, matrix products and attention only). Counted on the meta
-    device and cached."""
-    _check_img_size(r, resolution)
-    counter = FlopCounterMode(display=False)
-    with torch.device("meta"):
-        model = _build(r, 0, 3, resolution)
-        with counter, torch.no_grad():
-            model(torch.empty(1, 3, resolution, resolution))
-    return counter.get_total_flops()
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -280,11 +141,11 @@ def create_model(ladder: str, name: str, num_classes: int, *, in_chans: int = 3,
     img_size: the input resolution; ViT rungs are built for it (default 224), CNN rungs take any size.
     The classifier is loaded only when the checkpoint's fits `num_classes`; otherwise it starts at zero (BiT)."""
     r = rung(ladder, name)
-    _check_img_size(r, img_size)
+    check_img_size(r, img_size)
     if pretrained is None:
-        return _build(r, num_classes, in_chans, img_size)
+        return build(r, num_classes, in_chans, img_size)
     source = hub_file(r, hf_cache) if str(pretrained) == "hf" else Path(pretrained)
-    model = _build(r, num_classes, in_chans, img_size)
+    model = build(r, num_classes, in_chans, img_size)
     if source.suffix == ".npz":  # Google's releases (BiT-S, BiT-M, ViT augreg), read by timm's own converters
         _load_google_npz(model, source)
         return model
@@ -297,8 +158,6 @@ def check_weights(ladder: str, name: str, path: str | Path) -> None:
     whose message names the tensors that do not fit). Built on the meta device: no memory for parameters, so the
     driver checks even BiT's largest rungs in a second, before Ray starts, and a file of another rung or ladder
     never fails deep inside a worker."""
-    import warnings
-
     with torch.device("meta"), warnings.catch_warnings():
         # loading real tensors into meta parameters is the no-op wanted here; torch warns about each one
         warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
@@ -350,41 +209,3 @@ def download(ladder: str, cache_dir: str | Path | None = None) -> list[Path]:
         paths.append(fetch_hub(r.hub_id, cache_dir))
         print(f"{r.ladder}/{r.name}: {paths[-1]}", flush=True)
     return paths
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m scaling.models list [LADDER] [--resolution R]`` or ``... download LADDER [--cache-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m scaling.models", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("list", help="rungs with parameters and forward FLOPs per image")
-    show.add_argument("ladder", nargs="?", choices=list(LADDERS))
-    show.add_argument("--resolution", type=int, default=224)
-    fetch = sub.add_parser("download", help="pre-download published weights (login node): a ladder's, or exactly "
-                                            "those a study config names (--config)")
-    fetch.add_argument("ladder", nargs="?", choices=list(LADDERS))
-    fetch.add_argument("--config", help="a study config: fetch the published weights of its sources and rungs")
-    fetch.add_argument("--cache-dir", default=None, help="Hugging Face cache (default: HF_HUB_CACHE / HF_HOME)")
-    args = parser.parse_args(argv)
-    if args.command == "download":
-        if (args.ladder is None) == (args.config is None):
-            parser.error("download: give a LADDER or --config, not both")
-        from scaling import published
-        from scaling.config import load_config
-
-        try:
-            if args.config:
-                published.download(load_config(args.config), args.cache_dir)
-            else:
-                download(args.ladder, args.cache_dir)
-        except ValueError as e:  # ModelError, ConfigError (under `python -m`, this module's classes are __main__'s)
-            parser.exit(2, f"error: {e}\n")
-        return
-    print(f"{'ladder':8} {'rung':8} {'params':>14} {'GFLOPs@' + str(args.resolution):>14}  weights")
-    for ladder in [args.ladder] if args.ladder else list(LADDERS):
-        for r in LADDERS[ladder].rungs:
-            flops = flops_per_image(r, args.resolution) / 1e9
-            print(f"{ladder:8} {r.name:8} {params(r):>14,} {flops:>14.4f}  {r.hub_id or '-'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ Which probability is judged:
     error that a reliability diagram of P(positive) shows. The top-label version, max(p, 1 - p) against
     "the decision was right", folds that diagram onto [0.5, 1] and can hide an over-confident half;
   - multiclass: the top-label confidence against "the arg-max was right" (Guo et al. 2017).
-Errors: ECE with 15 equal-width bins (as scaling.train.metrics), the debiased L2 calibration error with 15
+Errors: ECE with 15 equal-width bins (as scaling.evaluate.metrics), the debiased L2 calibration error with 15
 equal-mass bins of Kumar et al. 2019, NLL and the Brier score (scikit-learn's `brier_score_loss` for binary,
 the sum over classes for multiclass).
 
@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
-from scaling.train.metrics import ECE_BINS, expected_calibration_error
+from scaling.evaluate.metrics import ECE_BINS, expected_calibration_error
 
 #: the temperature is searched in this range; a fit on its edge is flagged (a degenerate validation split)
 TEMPERATURE_BOUNDS = (0.05, 20.0)

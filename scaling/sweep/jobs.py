@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from scaling.data.subsets import n_shot, nested_subset
-from scaling.plan import BOTH, FinetunePoint, PretrainJob, natural_stage, published_point
+from scaling.sweep.plan import BOTH, FinetunePoint, PretrainJob, natural_stage, published_point
 from scaling.train.loop import CHECKPOINT_FORMAT, JobSpec
 
 

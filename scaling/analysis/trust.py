@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis.grid import on_full_target
-from scaling.results import best_per_cell
+from scaling.analysis.results import best_per_cell
 
 #: (column, what it is, its "error" -- the quantity fitted as falling with pre-training data)
 TRUST_LAWS = (("test_ece", "test ECE (15 bins, positive class)", lambda s: s),
