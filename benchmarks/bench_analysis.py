@@ -61,10 +61,10 @@ class Clock:
 
 
 def _saliency(table, study: Path, cache_dir: str | None):
-    from scaling import saliency
+    from scaling.evaluate import saliency
     from scaling.config import load_config
     from scaling.data.stage import prepare_study_data
-    from scaling.results import best_per_cell
+    from scaling.analysis.results import best_per_cell
 
     cfg = load_config(study / "config.yaml", [f"data.cache_dir={cache_dir}"] if cache_dir else [])
     data = prepare_study_data(cfg, log=lambda _: None)  # reuses the cache; not part of the stage
@@ -86,7 +86,7 @@ def main() -> None:
     import dashboards
     import scaling.analysis as analysis
     import scaling.analysis.figures as figures
-    import scaling.trust as trust
+    import scaling.analysis.trust as trust
     from scaling.laws import fitting
 
     clock = Clock()

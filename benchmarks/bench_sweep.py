@@ -30,8 +30,8 @@ def _grid(jobs, points, work: Path) -> list[tuple]:
     """(cell, last result) of each (point, lr), trained to the end of its budget (no scheduler)."""
     from ray import tune
 
-    from scaling.search import point_of
-    from scaling.sweep import trial_resources
+    from scaling.sweep.search import point_of
+    from scaling.sweep.tune import trial_resources
     from scaling.train.job import run_job
 
     cfg = jobs.cfg
@@ -62,14 +62,14 @@ def main() -> None:
 
     from scaling.config import load_config
     from scaling.data.stage import prepare_study_data
-    from scaling.jobs import StudyJobs
-    from scaling.ledger import Ledger
-    from scaling.plan import finetune_points
-    from scaling.progress import Progress
-    from scaling.search import METRIC
+    from scaling.sweep.jobs import StudyJobs
+    from scaling.sweep.ledger import Ledger
+    from scaling.sweep.plan import finetune_points
+    from scaling.track.progress import Progress
+    from scaling.sweep.search import METRIC
     from scaling.study import TRAIN_ENV
-    from scaling.sweep import concurrency, run_finetuning
-    from scaling.tracking import StudyTracker
+    from scaling.sweep.tune import concurrency, run_finetuning
+    from scaling.track.tracking import StudyTracker
 
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     os.chdir(work)  # MLflow puts a SQLite store's artifacts under ./mlruns

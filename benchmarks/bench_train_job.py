@@ -33,7 +33,7 @@ def _tune_jobs(spec, resources, jobs: int, work: str) -> tuple[list[dict], float
     each job's last result (with Tune's trial start time) and the wall time."""
     from ray import tune
 
-    from scaling.sweep import trial_resources
+    from scaling.sweep.tune import trial_resources
     from scaling.train.job import run_job
 
     label = f"tune-w{resources.num_workers}"

@@ -2,7 +2,7 @@
 and print test ROC-AUC per model x source x pre-training size (mean, sd and standard error over the fine-tuning
 seeds), the pre-training validation metrics, and how much a second pre-training seed adds to a cell's spread.
 
-It runs the study's own jobs (scaling.jobs.StudyJobs, the loop in Train's local mode, one thread each) in this
+It runs the study's own jobs (scaling.sweep.jobs.StudyJobs, the loop in Train's local mode, one thread each) in this
 process: no Tune, no MLflow. Use it to calibrate a world before spending a whole study on it, and to measure what
 the default study cannot afford, e.g. several pre-training seeds:
 
@@ -55,10 +55,10 @@ def main() -> None:
 
     from scaling.config import load_config
     from scaling.data.stage import prepare_study_data
-    from scaling.jobs import StudyJobs
-    from scaling.plan import SCRATCH, FinetunePoint, PretrainJob
+    from scaling.sweep.jobs import StudyJobs
+    from scaling.sweep.plan import SCRATCH, FinetunePoint, PretrainJob
     from scaling.train.job import export_weights, run_local
-    from scaling.train.store import STATE_FILE, CheckpointStore
+    from scaling.train.store import WEIGHTS_FILE, CheckpointStore
 
     torch.set_num_threads(1)
     import ray.train  # noqa: F401  (configures Ray's loggers, which are quietened next)
@@ -88,7 +88,7 @@ def main() -> None:
         def build(tmp: Path) -> None:
             started = time.perf_counter()
             result = run_local(jobs.pretrain_spec(job), name=job.name, storage_path=jobs.jobs_dir)
-            export_weights(result, tmp / STATE_FILE)
+            export_weights(result, tmp / WEIGHTS_FILE)
             metrics_file.parent.mkdir(exist_ok=True)
             metrics_file.write_text(json.dumps({**{k: v for k, v in result.metrics.items()
                                                   if k.startswith("val_") and isinstance(v, float)},

@@ -14,7 +14,7 @@ from dashboards import charts
 from dashboards.data import Study, StudyDirError, load_study
 from dashboards.page import render
 from scaling.analysis.grid import model_order
-from scaling.tracking import REOPEN_UI, TrackingServer
+from scaling.track.tracking import REOPEN_UI, TrackingServer
 
 DASHBOARD = "dashboard.html"
 HYPER = ("lr", "weight_decay", "sample")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis.grid import SCRATCH, TRUST_COLUMNS, model_order, on_full_target, per_seed, source_colours
-from scaling.results import best_per_cell
+from scaling.analysis.results import best_per_cell
 
 FILTERS = ["source", "model", "budget", "shots"]
 ERROR = "test error (1 − ROC-AUC)"

@@ -21,7 +21,8 @@ CONFIG_DIR = PROJECT_ROOT / "studies" / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 #: the pre-training sources a fine-tuning trial can start from; "both" = natural, then medical
-SOURCES = ("scratch", "natural", "medical", "both")
+SCRATCH, NATURAL, MEDICAL, BOTH = "scratch", "natural", "medical", "both"
+SOURCES = (SCRATCH, NATURAL, MEDICAL, BOTH)
 
 
 class ConfigError(ValueError):

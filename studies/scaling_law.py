@@ -14,7 +14,7 @@ import sys
 
 from scaling.config import DEFAULT_CONFIG, ConfigError, load_config, override_help
 from scaling.data.base import DataError
-from scaling.publish import NoSpace
+from scaling.files import NoSpace
 from scaling.study import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, run_study
 
 

@@ -1,4 +1,4 @@
-"""Results tables of made-up studies with known answers, in the columns scaling/results.py writes: for the
+"""Results tables of made-up studies with known answers, in the columns scaling/analysis/results.py writes: for the
 analysis, findings and dashboard tests without training anything."""
 from __future__ import annotations
 

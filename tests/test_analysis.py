@@ -13,7 +13,7 @@ from scaling.analysis.grid import SOURCE_COLOURS, per_seed
 from scaling.analysis.transfer import NO_AXIS, transfer_cells
 from scaling.laws import plots
 from scaling.laws.compare import contrast_images, contrast_seeds, verdict
-from scaling.results import best_per_cell
+from scaling.analysis.results import best_per_cell
 import study_tables
 
 

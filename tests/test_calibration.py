@@ -8,8 +8,8 @@ from scipy.special import expit, softmax
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from scaling import calibration, uncertainty
-from scaling.train.metrics import ECE_BINS, evaluate
+from scaling.evaluate import calibration, uncertainty
+from scaling.evaluate.metrics import ECE_BINS, evaluate
 
 
 def _binary(n=2000, scale=2.0, seed=0):

@@ -11,7 +11,7 @@ import pytest
 import study_tables
 from browser import chromium, require_chromium
 from dashboards import build
-from scaling.results import write_table
+from scaling.analysis.results import write_table
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from scaling import jobs as jobs_mod
+from scaling.sweep import jobs as jobs_mod
 from scaling import models
 from scaling.config import load_config
-from scaling.jobs import StudyJobs
-from scaling.plan import PretrainJob, finetune_points
-from scaling.search import METRIC, make_searcher, point_of
+from scaling.sweep.jobs import StudyJobs
+from scaling.sweep.plan import PretrainJob, finetune_points
+from scaling.sweep.search import METRIC, make_searcher, point_of
 
 SMOKE = Path(__file__).resolve().parent.parent / "studies" / "configs" / "smoke.yaml"
 

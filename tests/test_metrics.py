@@ -7,7 +7,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from sklearn.preprocessing import label_binarize
 
-from scaling.train.metrics import ECE_BINS, METRICS, confusion_matrix, evaluate
+from scaling.evaluate.metrics import ECE_BINS, METRICS, confusion_matrix, evaluate
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

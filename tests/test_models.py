@@ -10,6 +10,7 @@ from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
 from scaling import models
+from scaling.models import __main__ as models_cli
 from scaling.models import (LADDERS, ModelError, count_params, create_model, flops_per_image, new_head, params, rung,
                             to_rgb)
 
@@ -178,7 +179,7 @@ def test_new_head_replaces_and_zeroes_the_classifier():
 
 
 def test_list_command_prints_the_ladder(capsys):
-    models.main(["list", "cpu", "--resolution", "48"])
+    models_cli.main(["list", "cpu", "--resolution", "48"])
     out = capsys.readouterr().out
     assert all(r.name in out for r in LADDERS["cpu"].rungs) and "GFLOPs@48" in out
     with pytest.raises(ModelError, match="no published weights"):

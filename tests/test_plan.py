@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from scaling.config import ConfigError, load_config
-from scaling.jobs import StudyJobs, check_target_sizes
-from scaling.plan import SCRATCH, finetune_points, pretrain_jobs
+from scaling.sweep.jobs import StudyJobs, check_target_sizes
+from scaling.sweep.plan import SCRATCH, finetune_points, pretrain_jobs
 
 SMOKE = Path(__file__).resolve().parent.parent / "studies" / "configs" / "smoke.yaml"
 

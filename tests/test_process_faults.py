@@ -21,7 +21,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from scaling import tracking
+from scaling.track import tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "studies" / "scaling_law.py"

@@ -10,10 +10,11 @@ import yaml
 from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
-from scaling import models, published
+from scaling import models
+from scaling.models import published
 from scaling.config import ConfigError, load_config
 from scaling.data.base import DataError
-from scaling.plan import finetune_points, natural_stage, pretrain_jobs
+from scaling.sweep.plan import finetune_points, natural_stage, pretrain_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "timm/vit_tiny_patch16_224.augreg_in21k"
@@ -71,8 +72,8 @@ def test_published_weights_resolve_offline_from_the_hf_cache(tmp_path, monkeypat
 
 def test_sweep_addresses_published_points_by_their_file(tmp_path):
     from scaling.data.stage import StudyData
-    from scaling.plan import PretrainJob
-    from scaling.jobs import StudyJobs
+    from scaling.sweep.plan import PretrainJob
+    from scaling.sweep.jobs import StudyJobs
 
     cfg = load(tmp_path, config(tmp_path))
     weights = {("natural", 14197122, "tiny"): "/hub/bit-m.safetensors", ("natural", 1281167, "tiny"): "/w/tiny"}

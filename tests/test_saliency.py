@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from scaling import models, saliency
+from scaling import models
+from scaling.evaluate import saliency
 from scaling.config import load_config
 from scaling.data.registry import open_dataset
 from scaling.data.synthetic import xray

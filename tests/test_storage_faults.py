@@ -23,10 +23,10 @@ import torch
 from scaling.data.base import DataError
 from scaling.data.preprocess import Preprocess
 from scaling.data.shards import BUILDS, ShardSet, prepare_shards, shard_path
-from scaling.publish import MANIFEST, NoSpace, publish
-from scaling.results import write_table
+from scaling.files import MANIFEST, NoSpace, publish
+from scaling.analysis.results import write_table
 from scaling.train.session import LocalSession
-from scaling.train.store import STATE_FILE, CheckpointStore, key_for
+from scaling.train.store import WEIGHTS_FILE, CheckpointStore, key_for
 from tiny_dataset import TinyDataset
 
 TESTS = Path(__file__).resolve().parent
@@ -52,7 +52,7 @@ def corrupt(path: Path, how: str) -> None:
 def weights(tmp: Path) -> None:
     """A build of the store: seeded weights of about 1 MiB."""
     torch.manual_seed(0)
-    torch.save({"w": torch.randn(512, 512)}, tmp / STATE_FILE)
+    torch.save({"w": torch.randn(512, 512)}, tmp / WEIGHTS_FILE)
 
 
 # ------------------------------------------------------------------------------------------- corruption
@@ -83,12 +83,12 @@ def test_a_corrupted_checkpoint_is_moved_aside_and_built_again_as_before(tmp_pat
     calls = []
     path = store.get_or_create(PARTS, lambda tmp: (calls.append(1), weights(tmp)))
     before = digests(path)
-    corrupt(path / STATE_FILE, how)
-    with pytest.raises(ValueError, match=f"{path / STATE_FILE} has sha256"):
+    corrupt(path / WEIGHTS_FILE, how)
+    with pytest.raises(ValueError, match=f"{path / WEIGHTS_FILE} has sha256"):
         store.load(key_for(**PARTS))  # reported with its path, not unpickled
     with caplog.at_level(logging.WARNING, "scaling.train.store"):
         assert not store.intact(key_for(**PARTS))
-    assert f"{path / STATE_FILE}" in caplog.text and not store.exists(key_for(**PARTS))
+    assert f"{path / WEIGHTS_FILE}" in caplog.text and not store.exists(key_for(**PARTS))
     aside = list((tmp_path / ".corrupt").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith(key_for(**PARTS)) and aside[0].name in caplog.text
     store.get_or_create(PARTS, lambda tmp: (calls.append(1), weights(tmp)))
@@ -99,10 +99,10 @@ def test_a_local_job_resumes_from_its_newest_intact_checkpoint(tmp_path):
     for step in (10, 20):
         tmp = tmp_path / f".tmp-{step}"
         tmp.mkdir()
-        torch.save({"step": step}, tmp / STATE_FILE)
+        torch.save({"step": step}, tmp / WEIGHTS_FILE)
         assert publish(tmp, tmp_path / f"checkpoint_{step:09d}", {"step": step})
-    corrupt(tmp_path / f"checkpoint_{20:09d}" / STATE_FILE, "flip")
-    with pytest.warns(UserWarning, match=f"checkpoint_{20:09d}.*{STATE_FILE} has sha256"):
+    corrupt(tmp_path / f"checkpoint_{20:09d}" / WEIGHTS_FILE, "flip")
+    with pytest.warns(UserWarning, match=f"checkpoint_{20:09d}.*{WEIGHTS_FILE} has sha256"):
         latest = LocalSession(tmp_path, tune=False).latest()
     assert Path(latest.path).name == f"checkpoint_{10:09d}"
     assert not (tmp_path / f"checkpoint_{20:09d}").exists(), "step 20 would be taken as written when reached again"
@@ -265,13 +265,13 @@ def test_a_study_rerun_rebuilds_a_corrupted_pretraining_checkpoint_and_ends_as_b
     shutil.copytree(out, copy, symlinks=True)
     entries = [p for p in (copy / "checkpoints").iterdir() if (p / MANIFEST).is_file()]
     assert len(entries) == 1
-    corrupt(entries[0] / STATE_FILE, "flip")
+    corrupt(entries[0] / WEIGHTS_FILE, "flip")
     rerun = subprocess.run([sys.executable, str(ROOT / "studies" / "scaling_law.py"), "--config",
                             str(ROOT / "studies" / "configs" / "smoke.yaml"), "--out", str(copy),
                             f"data.cache_dir={out.parent / 'cache'}", "resources.num_workers=1"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "is corrupted" in rerun.stderr and str(entries[0] / STATE_FILE) in rerun.stderr
+    assert "is corrupted" in rerun.stderr and str(entries[0] / WEIGHTS_FILE) in rerun.stderr
     assert digests(entries[0]) == digests(out / "checkpoints" / entries[0].name)
     assert len(list((copy / "checkpoints" / ".corrupt").iterdir())) == 1
     timeless = [c for c in pd.read_parquet(out / "results.parquet").columns if not c.endswith("_seconds")]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from scaling import calibration
-from scaling.trust import FITS_FILE, trust_figures, trust_table
+from scaling.evaluate import calibration
+from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
 
 
 def _table() -> pd.DataFrame:

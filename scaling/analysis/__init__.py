@@ -12,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from scaling.analysis.findings import findings, findings_table
-from scaling.analysis.grid import per_seed, plain
+from scaling.analysis.grid import GROUP, per_seed, plain
 from scaling.analysis.fits import all_laws
 from scaling.analysis.transfer import transfer_cells, transfer_law
 from scaling.analysis.results import best_per_cell
 
-GROUP = ["model", "budget", "shots"]
 
 
 def summary_table(best: pd.DataFrame) -> pd.DataFrame:

@@ -6,10 +6,13 @@ import json
 
 import pandas as pd
 
-SCRATCH = "scratch"
+from scaling.config import SCRATCH
+
 #: one colour per source in every figure and the dashboard (Okabe-Ito: safe under colour-vision deficiencies)
 SOURCE_COLOURS = {"scratch": "#555555", "natural": "#E69F00", "medical": "#0072B2", "both": "#009E73"}
 EXTRA_COLOURS = ("#CC79A7", "#D55E00", "#56B4E9", "#F0E442")
+#: the axes of a cell that the laws, effective data and trust fits group by (one curve per group)
+GROUP = ["model", "budget", "shots"]
 #: the axes a law may be fitted along, with the fewest distinct values a law along them needs
 MIN_VALUES = 3
 TRUST_COLUMNS = ("test_ece", "test_ece_calibrated", "test_brier", "test_ensemble_roc_auc", "test_aurc",

@@ -14,11 +14,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import SCRATCH, has_target_axis, plain
+from scaling.analysis.grid import GROUP, SCRATCH, has_target_axis, plain
 from scaling.analysis.fits import fit_curve
 from scaling.laws import FitError, fit, fit_transfer, scratch_size_for
 
-GROUP = ["model", "budget", "shots"]
 N_BOOT = 100
 NO_AXIS = "no target-size axis: effective data transferred needs scratch trials at >= 2 target sizes"
 

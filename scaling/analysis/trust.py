@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import on_full_target
+from scaling.analysis.grid import GROUP, on_full_target
 from scaling.analysis.results import best_per_cell
 
 #: (column, what it is, its "error" -- the quantity fitted as falling with pre-training data)
@@ -18,7 +18,6 @@ TRUST_LAWS = (("test_ece", "test ECE (15 bins, positive class)", lambda s: s),
               ("test_ece_calibrated", "test ECE after temperature scaling", lambda s: s),
               ("saliency_pointing", "pointing-game miss rate (1 - hit rate)", lambda s: 1 - s))
 N_BOOT = 50
-GROUP = ["model", "budget", "shots"]
 FITS_FILE = "trust_fits.json"
 
 

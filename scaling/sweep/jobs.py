@@ -54,11 +54,11 @@ class StudyJobs:
 
     def pretrained_weights(self, job: PretrainJob) -> str:
         """The weights file of a pre-training job's store entry (which may not be built yet)."""
-        from scaling.train.store import STATE_FILE, CheckpointStore
+        from scaling.train.store import WEIGHTS_FILE, CheckpointStore
 
         if published_point(self.cfg, job) is not None:
             return self.data.weights[(job.source, job.size, job.model)]
-        return str(CheckpointStore(self.store_dir).path(self.pretrain_key(job)) / STATE_FILE)
+        return str(CheckpointStore(self.store_dir).path(self.pretrain_key(job)) / WEIGHTS_FILE)
 
     def first_stage(self, job: PretrainJob) -> PretrainJob:
         """The natural job a "both" job continues from (its own, or published weights: `sweep.both_from`)."""

@@ -7,11 +7,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, replace
 
-from scaling.config import has_own_data
-
-#: a pre-training source made of two: natural images first, then chest X-rays
-BOTH = "both"
-SCRATCH = "scratch"
+from scaling.config import BOTH, SCRATCH, has_own_data
 
 
 @dataclass(frozen=True)

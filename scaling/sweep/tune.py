@@ -63,7 +63,7 @@ def concurrency(cfg, cluster: dict) -> int:
 def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
     """A Tune trial: the pre-training checkpoint of one job, built through the store unless it exists."""
     from scaling.train.job import divergence, export_weights, run_job
-    from scaling.train.store import STATE_FILE, CheckpointStore
+    from scaling.train.store import WEIGHTS_FILE, CheckpointStore
 
     job = PretrainJob(**config["job"])
 
@@ -73,7 +73,7 @@ def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
         if found := divergence(result):
             raise PretrainDiverged(f"pre-training job {job.name} {describe_divergence(found)}; lower pretrain.lr "
                                    f"(now {jobs.cfg.pretrain.lr:g})")
-        export_weights(result, tmp / STATE_FILE)
+        export_weights(result, tmp / WEIGHTS_FILE)
 
     CheckpointStore(jobs.store_dir).get_or_create(jobs.pretrain_parts(job), build)
 

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator, Mapping
 from scaling.files import MANIFEST, publish, space_for, verify, written
 
 #: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
-STATE_FILE = "model.pt"
+WEIGHTS_FILE = "model.pt"
 
 _log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -131,7 +131,7 @@ class CheckpointStore:
         """The manifest of finished entry `key`: key, parts, files (relative path -> bytes), created, host, build_s."""
         return json.loads((self.path(key) / MANIFEST).read_text())
 
-    def load(self, key: str, name: str = STATE_FILE) -> Any:
+    def load(self, key: str, name: str = WEIGHTS_FILE) -> Any:
         """File `name` of finished entry `key`, read by ``torch.load(..., weights_only=True)`` onto the CPU."""
         import torch  # only loading needs torch; lock waiters and builders' parents do not
 
