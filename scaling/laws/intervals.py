@@ -1,0 +1,19 @@
+"""Percentile intervals of bootstrap draws and their widening where few values stand behind them: one definition
+for the laws' parameters, the paired contrasts, effective data transferred and the saliency scores."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95, axis: int | None = None) -> np.ndarray:
+    """The quantiles (1 - level)/2 and (1 + level)/2 of `draws` (along `axis`), stacked first: (low, high)."""
+    return np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=axis)
+
+
+def t_over_z(df: int, level: float) -> float:
+    """Student's t over the normal quantile at `level` for `df` degrees of freedom: the factor by which a
+    percentile interval of a bootstrap from few values is widened about its estimate (a bootstrap's spread is
+    that of a normal, not of Student's t)."""
+    q = (1 + level) / 2
+    return float(stats.t.ppf(q, df) / stats.norm.ppf(q))
