@@ -61,7 +61,7 @@ class Clock:
 
 
 def _saliency(table, study: Path, cache_dir: str | None):
-    from scaling.evaluate import saliency
+    from scaling.analysis import saliency
     from scaling.config import load_config
     from scaling.data.stage import prepare_study_data
     from scaling.analysis.results import best_per_cell
@@ -69,7 +69,8 @@ def _saliency(table, study: Path, cache_dir: str | None):
     cfg = load_config(study / "config.yaml", [f"data.cache_dir={cache_dir}"] if cache_dir else [])
     data = prepare_study_data(cfg, log=lambda _: None)  # reuses the cache; not part of the stage
     best = best_per_cell(table)
-    return lambda: saliency.run_stage(best, cfg, data, study, None, lambda _: None)
+    return lambda: saliency.run_stage(best, data.target, cfg.data.target, cfg.models.ladder, cfg.seed, study, None,
+                                      lambda _: None)
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def main() -> None:
     from scaling.models import LADDERS
     from scaling.study import TRAIN_ENV
     from scaling.train.job import run_job, run_local
-    from scaling.train.loop import JobSpec
+    from scaling.train.spec import JobSpec
 
     cpus = os.cpu_count() or 2
     rungs = LADDERS["cpu"].rungs

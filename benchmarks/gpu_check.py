@@ -27,7 +27,7 @@ def plain_loop(model_args: tuple, shards, train, batch: int, steps: int, device)
 
     from scaling import models
     from scaling.data.shards import ShardDataset
-    from scaling.train.loop import CROP_FRACTION
+    from scaling.train.augment import CROP_FRACTION
 
     ladder, name = model_args
     model = models.create_model(ladder, name, num_classes=1).to(device)
@@ -69,13 +69,13 @@ def checkpointing_rows(ladder: str, names: list[str], crop: int, steps: int) -> 
 
     from scaling import models
     from scaling.train import memory
-    from scaling.train.loop import _loss
+    from scaling.train.loop import loss
 
     device = torch.device("cuda")
     rows = []
     for name in names:
         model = models.create_model(ladder, name, num_classes=1).to(device, memory_format=torch.channels_last)
-        peak = memory.gpu_peak(model, "binary", 1, crop, device, True, _loss)
+        peak = memory.gpu_peak(model, "binary", 1, crop, device, True, loss)
         micro, _ = memory.choose_micro_batch(128, peak, memory.gpu_budget(device))
         for checkpointing in (False, True):
             model.set_grad_checkpointing(checkpointing)
@@ -110,7 +110,8 @@ def main() -> None:
     from scaling.data.registry import open_dataset
     from scaling.data.shards import Preprocess, prepare_shards
     from scaling.train.job import run_job
-    from scaling.train.loop import CROP_FRACTION, JobSpec
+    from scaling.train.augment import CROP_FRACTION
+    from scaling.train.spec import JobSpec
 
     gpu = torch.cuda.is_available()
     torch.set_num_threads(1)  # as many as the job's one worker gets (cpus_per_worker=1)

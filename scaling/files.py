@@ -1,27 +1,46 @@
-"""Publishing files so that readers never see them half-written, and knowing later that they are still intact.
+"""Publishing files so that readers never see them half-written, knowing later that they are still intact, and
+locking a cache entry so that one process builds it.
 
 A directory is published by syncing its files to disk, writing a manifest last (with the sha256 of every file),
 then one rename into place: a directory without its manifest is, by this rule, unfinished, and one whose files
 no longer match their recorded sha256 has been corrupted since (`verify`). A single file is published the same
-way without a manifest (`publish_file`). A write that fills the file system is reported as `NoSpace`, naming the
-path and the space needed, and leaves nothing at the final path. Used by the shard cache, the checkpoint store,
-the local jobs' checkpoints and the results table.
+way without a manifest (`publishing`, `publish_file`). A write that fills the file system is reported as
+`NoSpace`, naming the path and the space needed, and leaves nothing at the final path. Used by the shard cache,
+the checkpoint store, the local jobs' checkpoints, the leakage guard's hashes and the results table.
+
+Locking (one build per entry across processes and nodes, `LockFiles`): the caches live on a parallel file system
+and their users run on different nodes. ``flock``/``fcntl`` locks are not coherent across nodes on Lustre unless it
+is mounted with ``-o flock`` (``localflock`` silently locks per node), and are unreliable on some NFS setups, so a
+lock is a file created with ``O_CREAT | O_EXCL`` (atomic on NFSv3+, GPFS and Lustre) holding the owner's host, pid
+and a token. A thread of the owner refreshes its mtime every `heartbeat_s`. A waiter takes the lock over when the
+owner is provably dead (same host name, pid gone) or its heartbeat is older than `stale_s` (another node died or
+hangs); node clocks are assumed to agree to well within `stale_s`. Correctness must not rest on the lock: a
+takeover race can at worst build an entry twice, so a build publishes by rename and the second rename fails on
+the finished entry. The lock only keeps expensive builds from repeating.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import threading
+import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 #: the manifest's key for {relative path: sha256 hex} of every published file
 CHECKSUMS = "sha256"
+HOST = socket.gethostname()
+
+_log = logging.getLogger(__name__)
 
 
 class NoSpace(OSError):
@@ -145,19 +164,148 @@ def verify(final: Path) -> str:
     return ""
 
 
-def publish_file(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically: a temporary sibling, synced, then renamed over `path`, so a reader
-    sees the old file or the new one, never a part. A full file system raises `NoSpace` and leaves `path` as
-    it was."""
+@contextmanager
+def publishing(path: Path, needed: Callable[[], tuple[int, bool]] | None = None) -> Iterator[Path]:
+    """A temporary sibling of `path` for the block to write; when the block ends it is synced and renamed over
+    `path`, so a reader sees the old file or the new one, never a part. A failed block leaves `path` as it was;
+    a full file system raises `NoSpace` with `needed()` (default: what the block had written, a lower bound)."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with space_for(path, lambda: (len(data), False)):
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with space_for(path, needed or (lambda: (tmp.stat().st_size if tmp.exists() else 0, True))):
+            yield tmp
+            fsync(tmp)
         os.rename(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync(path.parent)
+
+
+def publish_file(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see `publishing`)."""
+    with publishing(path, lambda: (len(data), False)) as tmp:
+        tmp.write_bytes(data)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- locking
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown owner: only its heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    return True
+
+
+class LockFiles:
+    """Exclusive locks by name, each the file `directory / name` (see the module docstring)."""
+
+    def __init__(self, directory: str | Path, *, heartbeat_s: float = 10.0, stale_s: float = 120.0,
+                 poll_s: float = 1.0):
+        if not stale_s > 2 * heartbeat_s > 0:
+            raise ValueError(f"stale_s ({stale_s}) must exceed two heartbeats ({heartbeat_s} s each)")
+        self.directory = Path(directory)
+        self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def owner(self, name: str) -> dict:
+        """The owner record of lock `name` (host, pid, token, since); {} when it is free or its creator has not
+        written it yet."""
+        return _read_owner(self.path(name))
+
+    @contextmanager
+    def attempt(self, name: str, on_takeover: Callable[[dict], None] | None = None) -> Iterator[str | None]:
+        """Yields this owner's token while holding lock `name`, or None when another owner holds it (after
+        taking over a stale lock, so that the next attempt can succeed; `on_takeover(owner)` then clears what
+        the old owner left)."""
+        path = self.path(name)
+        token = uuid.uuid4().hex
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._break_if_stale(path, on_takeover)
+            yield None
+            return
+        record = json.dumps({"host": HOST, "pid": os.getpid(), "token": token,
+                             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        try:
+            with space_for(path, lambda: (len(record), False)), os.fdopen(fd, "w") as f:
+                f.write(record)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)  # an ownerless lock would block every waiter for stale_s
+            raise
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(path, token, stop), daemon=True,
+                                name=f"lock-{name[:16]}")
+        beat.start()
+        try:
+            yield token
+        finally:
+            stop.set()
+            beat.join()
+            if _read_owner(path).get("token") == token:
+                path.unlink(missing_ok=True)
+
+    @contextmanager
+    def hold(self, name: str, on_takeover: Callable[[dict], None] | None = None) -> Iterator[str]:
+        """Holds lock `name` for the block, waiting (a try every `poll_s`) while another owner holds it."""
+        while True:
+            with self.attempt(name, on_takeover) as token:
+                if token is not None:
+                    yield token
+                    return
+            time.sleep(self.poll_s)
+
+    def _heartbeat(self, path: Path, token: str, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            if _read_owner(path).get("token") != token:
+                return  # taken over: leave the new owner's heartbeat alone
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return
+
+    def _break_if_stale(self, path: Path, on_takeover: Callable[[dict], None] | None) -> None:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        owner = _read_owner(path)
+        dead = owner.get("host") == HOST and not _alive(owner.get("pid"))
+        if not dead and age <= self.stale_s:
+            return
+        # Move the lock aside under a unique name, then check that it is the one judged stale: between that
+        # judgement and the rename another waiter may have broken it and taken a fresh lock.
+        grave = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(path, grave)
+        except FileNotFoundError:
+            return
+        moved = _read_owner(grave)
+        if moved.get("token") != owner.get("token"):
+            try:
+                os.link(grave, path)  # put the fresh lock back, unless yet another owner has appeared
+            except FileExistsError:
+                pass
+        else:
+            _log.warning("took over the lock %s from %s (%s)", path, owner or "an unknown owner",
+                         "dead" if dead else f"no heartbeat for {age:.0f} s")
+            if on_takeover is not None:
+                on_takeover(owner)
+        grave.unlink(missing_ok=True)
+
+
+def _read_owner(path: Path) -> dict:
+    """The owner record of a lock file; {} when the file is gone or its creator has not written it yet."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

@@ -17,7 +17,7 @@ from scaling.data.base import Dataset
 from scaling.data.leakage import LeakageError, dhash, near_duplicates
 from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
-from scaling.data.stage import _split, guard, prepare_study_data
+from scaling.data.stage import guard, prepare_study_data, split_rows
 
 
 def jpeg(pixels: np.ndarray, quality: int = 95) -> np.ndarray:
@@ -65,10 +65,10 @@ def planted(tmp_path):
     """Target (synthetic COVIDx-like) and a source holding one of the target's test images under another name."""
     target_ds = open_dataset("synthetic-covidx", size=200, test_size=100, image_size=48)
     target_shards = prepare_shards(target_ds, Preprocess(resolution=48), tmp_path)
-    target = _split(target_shards, 0.2, 0)
+    target = split_rows(target_shards, 0.2, 0)
     victim = int(target.test[7])
     source_ds = Planted(target_shards.read([victim])[0])
-    source = _split(prepare_shards(source_ds, Preprocess(resolution=48), tmp_path), 0.2, 0)
+    source = split_rows(prepare_shards(source_ds, Preprocess(resolution=48), tmp_path), 0.2, 0)
     return target, target_ds, source, source_ds, target_shards.records["key"].loc[victim]
 
 
@@ -94,7 +94,7 @@ def test_remove_drops_only_the_duplicate_and_counts_it(planted):
 def test_a_clean_source_passes(tmp_path, planted):
     target, target_ds, _, _, _ = planted
     clean_ds = open_dataset("synthetic-medical", size=300, image_size=48, seed=5)
-    clean = _split(prepare_shards(clean_ds, Preprocess(resolution=48), tmp_path), 0.2, 0)
+    clean = split_rows(prepare_shards(clean_ds, Preprocess(resolution=48), tmp_path), 0.2, 0)
     kept, counts = guard(target, target_ds, clean, clean_ds, "medical", "error", 8)
     assert counts == {"near_duplicates": 0, "removed": 0} and np.array_equal(kept.train, clean.train)
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from scaling import models
+from scaling.analysis import saliency as saliency_stage
 from scaling.evaluate import saliency
 from scaling.config import load_config
 from scaling.data.registry import open_dataset
 from scaling.data.synthetic import xray
-from scaling.train.loop import STATE_FILE
+from scaling.train.spec import STATE_FILE
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "studies" / "configs"
 
@@ -122,16 +123,17 @@ def test_stage_writes_overlays_and_masks_for_tiny_models(tmp_path):
             (run / f"checkpoint_{stamp}").mkdir(parents=True)
             torch.save({"replicas": replicas, "step": 20}, run / f"checkpoint_{stamp}" / STATE_FILE)
         trials.append({"trial": f"trial{k}", "model": "w8", "step": 20})
-    table = saliency.run_stage(pd.DataFrame(trials), cfg, data, study, log=lambda *_: None)
+    table = saliency_stage.run_stage(pd.DataFrame(trials), data.target, cfg.data.target, cfg.models.ladder, cfg.seed,
+                                     study, log=lambda *_: None)
     assert list(table.index) == ["trial0", "trial1"]
     row = table.loc["trial0"]
-    assert row["saliency_images"] == saliency.N_IMAGES
+    assert row["saliency_images"] == saliency_stage.N_IMAGES
     assert 0 <= row["saliency_pointing_low"] <= row["saliency_pointing"] <= row["saliency_pointing_high"] <= 1
     assert 0 < row["saliency_baseline"] < 0.5 and row["saliency_seconds"] > 0
     written = sorted(p.name for p in (study / "saliency" / "trial0").iterdir())
-    assert len([n for n in written if n.endswith("_gradcam.png")]) == saliency.N_IMAGES
-    assert len([n for n in written if n.endswith("_mask.png")]) == saliency.N_IMAGES
+    assert len([n for n in written if n.endswith("_gradcam.png")]) == saliency_stage.N_IMAGES
+    assert len([n for n in written if n.endswith("_mask.png")]) == saliency_stage.N_IMAGES
     from PIL import Image
 
     with Image.open(study / "saliency" / "trial0" / written[0]) as overlay:
-        assert overlay.mode == "RGB" and min(overlay.size) >= saliency.OVERLAY_SIDE
+        assert overlay.mode == "RGB" and min(overlay.size) >= saliency_stage.OVERLAY_SIDE

@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-import scaling.data.shards as shards_module
+import scaling.data.shards.build as shards_build
 from scaling.data.base import DataError
 from scaling.data.preprocess import Preprocess, preprocess_image
-from scaling.data.shards import MANIFEST, ShardDataset, ShardSet, prepare_shards, shard_key, shard_path
+from scaling.data.shards import ShardDataset, ShardSet, prepare_shards, shard_key, shard_path
+from scaling.files import MANIFEST
 from tiny_dataset import TinyDataset
 
 TESTS = Path(__file__).resolve().parent
@@ -165,7 +166,7 @@ def test_bad_image_raises_naming_file_and_leaves_nothing(tmp_path):
     dataset = TinyDataset(n=12, bad=("img00005",))
     with pytest.raises(DataError, match=r"/data/tiny/img00005\.png"):
         prepare_shards(dataset, Preprocess(8), tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{shard_path(dataset, Preprocess(8), tmp_path).name}.lock"]
+    assert [p.name for p in tmp_path.iterdir()] == []  # the lock is released with its file
 
 
 def test_bad_images_skipped_and_counted(tmp_path):
@@ -236,7 +237,7 @@ def test_dataset_rejects_out_of_range_indices(tmp_path):
 
 
 def test_row_groups_that_do_not_divide_shards_are_located(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards_module, "GROUP_BYTES", 3 * 16 * 16)  # 3 images of 16x16 uint8 per row group
+    monkeypatch.setattr(shards_build, "GROUP_BYTES", 3 * 16 * 16)  # 3 images of 16x16 uint8 per row group
     dataset = TinyDataset(n=21)
     shards = prepare_shards(dataset, Preprocess(16), tmp_path, rows_per_shard=8)
     assert (shards.rows_per_group, len(shards.files)) == (3, 3)

@@ -20,7 +20,7 @@ from scaling.config import ResourcesConfig, Recipe
 from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
 from scaling.train.job import export_weights, run_job, run_local
-from scaling.train.loop import JobSpec
+from scaling.train.spec import JobSpec
 from scaling.train.outputs import final_predictions, final_state
 from scaling.train.session import KEEP
 

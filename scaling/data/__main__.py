@@ -21,16 +21,17 @@ import dataclasses
 import inspect
 import json
 import sys
-import types
 import typing
-from typing import Any, Literal
+from typing import Any
 
+import yaml
+
+from scaling.config import coerce
 from scaling.data import registry
 from scaling.data.base import SPLITS, DataError, Dataset, describe
 from scaling.data.merged import MergedDataset
 
 EXIT_BAD_INPUT = 2
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,36 +130,9 @@ def dataset_from_args(name: str, root: str | None, version: str | None, options:
 
 
 def parse_option(hint: Any, text: str, flag: str) -> Any:
-    """`text` converted to the annotated type of a dataset option (bool, int, float, str, Literal, list,
-    Optional); ValueError naming `flag` and what was expected."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if text.strip().lower() in ("none", "null") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return parse_option(inner[0] if len(inner) == 1 else Any, text, flag)
-    if origin is Literal:
-        for choice in args:
-            if str(choice) == text:
-                return choice
-        raise ValueError(f"{flag}: got {text!r}; expected one of {', '.join(map(str, args))}")
-    if origin in (list, tuple):
-        return [parse_option(args[0] if args else Any, item.strip(), flag) for item in text.split(",")]
-    if hint is bool:
-        if text.strip().lower() in _TRUE + _FALSE:
-            return text.strip().lower() in _TRUE
-        raise ValueError(f"{flag}: got {text!r}; expected true or false")
-    for kind, what in ((int, "an integer"), (float, "a number")):
-        if hint is kind:
-            try:
-                return kind(text)
-            except ValueError:
-                raise ValueError(f"{flag}: got {text!r}; expected {what}") from None
-    if hint is str:
-        return text
-    import yaml  # an untyped option: read the value as YAML (numbers, booleans, lists)
-
-    return yaml.safe_load(text)
+    """`text` converted to the annotated type of a dataset option (scaling.config.coerce: bool, int, float, str,
+    Literal); ValueError naming `flag` and what was expected. An untyped option is read as YAML."""
+    return yaml.safe_load(text) if hint is Any else coerce(hint, text, flag, text=True)
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -56,12 +56,10 @@ def labeler_matrix(table: pd.DataFrame, origins: list[str], uncertainty: str) ->
     return labels
 
 
-class CheXpert(ImageTree):
-    """CheXpert train (train.csv) and val (valid.csv; the official test labels are not public), multilabel
-    over CHEXPERT_CLASSES, patient ids from the `patientNNNNN` path component, keys relative to the
-    dataset folder (the CSV's leading `CheXpert-v1.0*/` is dropped)."""
+class LabelerTree(ImageTree):
+    """An image tree labelled by the CheXpert labeler (CheXpert, MIMIC-CXR): multilabel over CHEXPERT_CLASSES
+    under an uncertainty policy, frontal views only unless frontal_only is false."""
 
-    name = "chexpert"
     task = Task("multilabel", CHEXPERT_CLASSES)
 
     def __init__(self, *, root: str, uncertainty: Literal["ignore", "zeros", "ones"] = "ignore",
@@ -69,6 +67,17 @@ class CheXpert(ImageTree):
         super().__init__(root=root, check_files=check_files)
         self.uncertainty = check_uncertainty(uncertainty)
         self.frontal_only = bool(frontal_only)
+
+    def _options(self) -> dict:
+        return {"uncertainty": self.uncertainty, "frontal_only": self.frontal_only}
+
+
+class CheXpert(LabelerTree):
+    """CheXpert train (train.csv) and val (valid.csv; the official test labels are not public), multilabel
+    over CHEXPERT_CLASSES, patient ids from the `patientNNNNN` path component, keys relative to the
+    dataset folder (the CSV's leading `CheXpert-v1.0*/` is dropped)."""
+
+    name = "chexpert"
 
     def _csvs(self) -> dict[str, Path]:
         csvs = {"train": self.root / "train.csv", "val": self.root / "valid.csv"}
@@ -80,9 +89,6 @@ class CheXpert(ImageTree):
 
     def _label_files(self) -> list[Path]:
         return list(self._csvs().values())
-
-    def _options(self) -> dict:
-        return {"uncertainty": self.uncertainty, "frontal_only": self.frontal_only}
 
     def _parse(self) -> pd.DataFrame:
         parts = []

@@ -15,12 +15,13 @@ is an XOR and `np.bitwise_count` over the packed hashes, blocked so that memory 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from scaling.data.base import DataError
+from scaling.data.shards import ShardReader, ShardSet
+from scaling.files import publishing
 
 #: hash side: size x size bits; 16 -> 256-bit hashes (64-bit dHash confuses unrelated chest X-rays, which share
 #: their coarse layout)
@@ -56,11 +57,10 @@ def dhash(images: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
     return np.packbits(bits.reshape(len(bits), -1), axis=1).view(np.uint64)
 
 
-def hash_shards(shards, size: int = HASH_SIZE) -> np.ndarray:
+def hash_shards(shards: ShardSet, size: int = HASH_SIZE) -> np.ndarray:
     """dHashes of every row of a shard set, (rows, size * size / 64) uint64: computed once (decoded batch by
-    batch) and kept next to the shard set, whose content it is a function of, for the next study."""
-    from scaling.data.shards import ShardReader
-
+    batch) and kept next to the shard set, whose content it is a function of, for the next study (published
+    atomically: a concurrent study reads either no cache or a complete one)."""
     cache = shards.path.parent / f"{shards.path.name}.dhash{size}.npy"
     if cache.is_file():
         hashes = np.load(cache)
@@ -71,9 +71,8 @@ def hash_shards(shards, size: int = HASH_SIZE) -> np.ndarray:
     hashes = np.empty((len(rows), size * size // 64), dtype=np.uint64)
     for start in range(0, len(rows), HASH_BATCH):
         hashes[start:start + HASH_BATCH] = dhash(reader.take(rows[start:start + HASH_BATCH]), size)
-    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial.npy")
-    np.save(partial, hashes)
-    os.replace(partial, cache)  # atomic: a concurrent study reads either no cache or a complete one
+    with publishing(cache) as tmp, open(tmp, "wb") as f:
+        np.save(f, hashes)
     return hashes
 
 

@@ -9,41 +9,30 @@ uncertainty policy could apply and ignores the official split file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from scaling.data.base import DataError, Task
-from scaling.data.chexpert import CHEXPERT_CLASSES, check_uncertainty, labeler_matrix
-from scaling.data.images import ImageTree, find_file, read_csv, require_rows, row_origins
+from scaling.data.base import DataError
+from scaling.data.chexpert import CHEXPERT_CLASSES, LabelerTree, labeler_matrix
+from scaling.data.images import find_file, read_csv, require_rows, row_origins
 
 PREFIX = "mimic-cxr-2.0.0-"
 SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
 FRONTAL_VIEWS = ("PA", "AP")
 
 
-class MimicCXR(ImageTree):
+class MimicCXR(LabelerTree):
     """MIMIC-CXR-JPG: multilabel over CHEXPERT_CLASSES, patient = subject_id, splits from the official
     split file, keys `files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg`; frontal_only keeps ViewPosition PA and AP."""
 
     name = "mimic-cxr"
-    task = Task("multilabel", CHEXPERT_CLASSES)
-
-    def __init__(self, *, root: str, uncertainty: Literal["ignore", "zeros", "ones"] = "ignore",
-                 frontal_only: bool = True, check_files: bool = True) -> None:
-        super().__init__(root=root, check_files=check_files)
-        self.uncertainty = check_uncertainty(uncertainty)
-        self.frontal_only = bool(frontal_only)
 
     def _csv(self, kind: str) -> Path:
         return find_file(self.root, (f"{PREFIX}{kind}.csv.gz", f"{PREFIX}{kind}.csv"), f"MIMIC-CXR {kind} file")
 
     def _label_files(self) -> list[Path]:
         return [self._csv(kind) for kind in ("split", "metadata", "chexpert")]
-
-    def _options(self) -> dict:
-        return {"uncertainty": self.uncertainty, "frontal_only": self.frontal_only}
 
     def _parse(self) -> pd.DataFrame:
         split_path, meta_path, label_path = self._label_files()

@@ -1,2 +1,3 @@
-"""Evaluation of trained models: metrics, calibration, uncertainty from the seed replicas, saliency. Below
-train/ (the loop calls them at its evaluations); numpy/scipy, and torch only where a model is run."""
+"""Evaluation of trained models: metrics, calibration, uncertainty, what a job's evaluations compute from its seed
+replicas' logits, saliency maps. Below train/ (the loop calls them; nothing here imports train/); numpy/scipy, and
+torch where models or their logits are handled."""

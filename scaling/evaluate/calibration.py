@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
-from scaling.evaluate.metrics import ECE_BINS, expected_calibration_error
+from scaling.evaluate.metrics import ECE_BINS, equal_width_bins, expected_calibration_error
 
 #: the temperature is searched in this range; a fit on its edge is flagged (a degenerate validation split)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -99,7 +99,7 @@ def reliability(confidence, outcome, bins: int = ECE_BINS) -> dict[str, list]:
     """Per equal-width bin the count and the sums of confidence and outcome (sums, so that seeds pool by adding):
     the data of a reliability diagram."""
     c, o = np.asarray(confidence, dtype=np.float64), np.asarray(outcome, dtype=np.float64)
-    idx = np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], c)
+    idx = equal_width_bins(c, bins)
     return {"count": np.bincount(idx, minlength=bins).tolist(),
             "confidence": np.bincount(idx, c, bins).round(6).tolist(),
             "outcome": np.bincount(idx, o, bins).tolist()}

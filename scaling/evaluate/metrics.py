@@ -24,9 +24,9 @@ pooled (multilabel).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from scaling.data.base import TaskKind
+from scaling.laws.compare import auc
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "average_precision", "sensitivity", "ppv", "f1", "nll",
            "ece")
@@ -101,15 +101,6 @@ def _nanmean(x) -> float:
     return float(x[~np.isnan(x)].mean()) if (~np.isnan(x)).any() else float("nan")
 
 
-def _roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Mann-Whitney form of the area under the ROC curve; ties count half (as the trapezoids of sklearn)."""
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((rankdata(s)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     """Sum over distinct thresholds of precision times the recall gained (sklearn's definition, no interpolation)."""
     n_pos = int((y == 1).sum())
@@ -123,9 +114,14 @@ def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, tp / n_pos]) * precision))
 
 
+def equal_width_bins(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index of every confidence in [0, 1] for `bins` equal-width bins; a value on an edge falls in the lower."""
+    return np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], confidence)
+
+
 def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> float:
     """ECE with `ECE_BINS` equal-width bins of `confidence` against the 0/1 `outcome` (Guo et al. 2017)."""
-    bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1)[1:-1], confidence)
+    bins = equal_width_bins(confidence)
     gaps = np.bincount(bins, confidence, ECE_BINS) - np.bincount(bins, outcome, ECE_BINS)
     return float(np.abs(gaps).sum() / len(confidence))
 
@@ -144,8 +140,9 @@ def evaluate(task_kind: TaskKind, y_true, probs, threshold: float = 0.5) -> dict
     else:
         per_label = cm[None] if task_kind == "binary" else cm
         tn, fp, fn, tp = per_label[:, 0, 0], per_label[:, 0, 1], per_label[:, 1, 0], per_label[:, 1, 1]
+        # a label without any labelled image has no ranking metric (NaN, skipped by the macro mean): left out
         columns = [(y, p)] if task_kind == "binary" else [
-            (y[labelled[:, k], k], p[labelled[:, k], k]) for k in range(y.shape[1])]
+            (y[labelled[:, k], k], p[labelled[:, k], k]) for k in range(y.shape[1]) if labelled[:, k].any()]
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     ppv, f1 = _ratio(tp, tp + fp), _ratio(2 * tp, 2 * tp + fp + fn)
 
@@ -163,7 +160,7 @@ def evaluate(task_kind: TaskKind, y_true, probs, threshold: float = 0.5) -> dict
     return {
         "accuracy": float(accuracy),
         "balanced_accuracy": balanced,
-        "roc_auc": _nanmean([_roc_auc(yc, pc) for yc, pc in columns]),
+        "roc_auc": _nanmean([float(auc(pc, yc)) for yc, pc in columns]),
         "average_precision": _nanmean([_average_precision(yc, pc) for yc, pc in columns]),
         "sensitivity": _nanmean(sensitivity),
         "ppv": _nanmean(ppv),

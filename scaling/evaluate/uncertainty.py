@@ -20,6 +20,7 @@ from scipy.special import xlogy
 from scipy.stats import norm, rankdata
 
 from scaling.evaluate.metrics import evaluate
+from scaling.laws.compare import auc as roc_auc
 
 COVERAGE = 0.8
 
@@ -80,10 +81,9 @@ def delong(labels, scores) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
     rank_all = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     rank_pos, rank_neg = rankdata(pos, axis=1), rankdata(neg, axis=1)
-    auc = (rank_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
     v10 = (rank_all[:, :m] - rank_pos) / n  # per positive: share of negatives it outranks
     v01 = 1 - (rank_all[:, m:] - rank_neg) / m  # per negative: share of positives that outrank it
-    return auc, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return roc_auc(s, y), np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
 
 
 def auc_interval(labels, probs, level: float = 0.95) -> tuple[float, float]:

@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from scaling.train.memory import divisors
+
 #: the report keys of a diverged job: the optimizer step (1-based, as `step`) after which a value was not finite,
 #: that value, and where it was: "train_loss", or "val_logits" where the step's update left weights or BatchNorm
 #: statistics that overflow the evaluation behind a finite loss
@@ -79,8 +81,6 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory(error: BaseException, *, step: int, kind: str, recipe, world: int, device) -> OutOfMemory:
     """The clear error for an allocator's refusal `error` at `step` of a job of `kind` training `recipe` (its
     `grad_accum` as planned) on `world` workers."""
-    from scaling.train.memory import divisors
-
     text = str(error)
     if m := _CPU_ALLOCATOR.search(text):
         asked = f"{int(m[1]) / 2**30:.2f} GiB ({m[1]} bytes)"

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from scaling.train.faults import DIVERGED_IN, DIVERGED_STEP, DIVERGED_VALUE
-from scaling.train.loop import STATE_FILE, JobSpec, train_loop
+from scaling.train.loop import train_loop
+from scaling.train.session import LocalSession
+from scaling.train.spec import STATE_FILE, JobSpec
 
 #: a start that keeps failing (e.g. workers that cannot be placed) must end, not retry for ever
 CONTROLLER_FAILURE_LIMIT = 3
@@ -16,8 +18,6 @@ CONTROLLER_FAILURE_LIMIT = 3
 
 def _worker(config: dict) -> dict:
     if "local_dir" in config:
-        from scaling.train.session import LocalSession
-
         return train_loop(config["spec"], LocalSession(config["local_dir"], tune=config["tune"]))
     return train_loop(config["spec"])
 
@@ -67,8 +67,6 @@ def run_local(spec: JobSpec, *, name: str, storage_path: str | Path, tune: bool 
     under the same name. The path of small jobs (each inside its Tune trial) and of tests of the loop."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from scaling.train.session import LocalSession
 
     folder = Path(storage_path).resolve() / name
     result = TorchTrainer(_worker, train_loop_config={"spec": spec, "local_dir": str(folder), "tune": tune},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from scaling.train.loop import PREDICTIONS_FILE, STATE_FILE
+from scaling.train.spec import PREDICTIONS_FILE, STATE_FILE
 
 
 class JobOutputError(FileNotFoundError):

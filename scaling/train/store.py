@@ -18,15 +18,9 @@ key fully determines its build (seeded), and the job's own last checkpoint usual
 jobs/, so the re-run is often just the export; failing instead would stop a week-long study for a file it can
 remake. Fine-tuning workers then load entries checked by the driver moments before.
 
-Locking (one build per key across processes and nodes): the store lives on a parallel file system and its
-requesters run on different nodes. ``flock``/``fcntl`` locks are not coherent across nodes on Lustre unless it is
-mounted with ``-o flock`` (``localflock`` silently locks per node), and are unreliable on some NFS setups, so the
-lock is a file ``ROOT/.locks/<key>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on NFSv3+, GPFS and Lustre)
-holding the owner's host, pid and a token. A thread of the owner refreshes its mtime every `heartbeat_s`. A waiter
-takes the lock over when the owner is provably dead (same host name, pid gone) or its heartbeat is older than
-`stale_s` (another node died or hangs); node clocks are assumed to agree to well within `stale_s`.
-Correctness does not rest on the lock: a takeover race can at worst build a key twice, and then the second
-rename fails on the finished entry and its copy is discarded. The lock only keeps expensive builds from repeating.
+Locking: one build per key across processes and nodes, by a lock file ``ROOT/.locks/<key>.lock`` that works on
+parallel file systems (`scaling.files.LockFiles`); a waiter that takes over a dead or hung owner's lock discards
+that owner's half-written build.
 """
 from __future__ import annotations
 
@@ -36,22 +30,18 @@ import logging
 import os
 import re
 import shutil
-import socket
-import threading
 import time
-import uuid
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
-from scaling.files import MANIFEST, publish, space_for, verify, written
+from scaling.files import HOST, MANIFEST, LockFiles, publish, space_for, verify, written
 
 #: where a build writes the model's state_dict, by convention (`CheckpointStore.load` reads it)
 WEIGHTS_FILE = "model.pt"
 
 _log = logging.getLogger(__name__)
-_HOST = socket.gethostname()
 
 
 def key_for(**parts: Any) -> str:
@@ -67,34 +57,12 @@ def key_for(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_owner(path: Path) -> dict:
-    """The owner record of a lock file; {} when the file is gone or its creator has not written it yet."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # unknown owner: only its heartbeat can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    return True
-
-
 class CheckpointStore:
     """Checkpoints under `root`, each built at most once per key (see the module docstring)."""
 
     def __init__(self, root: str | Path, *, heartbeat_s: float = 10.0, stale_s: float = 120.0, poll_s: float = 1.0):
-        if not stale_s > 2 * heartbeat_s > 0:
-            raise ValueError(f"stale_s ({stale_s}) must exceed two heartbeats ({heartbeat_s} s each)")
         self.root = Path(root)
-        self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
+        self.locks = LockFiles(self.root / ".locks", heartbeat_s=heartbeat_s, stale_s=stale_s, poll_s=poll_s)
         for sub in (".tmp", ".locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -158,12 +126,12 @@ class CheckpointStore:
                         self._build(key, dict(parts), build, token)
                     break
             if not announced:
-                _log.info("waiting for %s, built by %s", key, _read_owner(self._lock_path(key)))
+                _log.info("waiting for %s, built by %s", key, self.locks.owner(_lock_name(key)))
                 announced = True
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout_s} s for checkpoint {key} in {self.root}, built by "
-                                   f"{_read_owner(self._lock_path(key)) or 'a process that has not said who'}")
-            time.sleep(self.poll_s)
+                                   f"{self.locks.owner(_lock_name(key)) or 'a process that has not said who'}")
+            time.sleep(self.locks.poll_s)
         return self.path(key)
 
     # -- building -------------------------------------------------------------------------------------------------
@@ -182,7 +150,7 @@ class CheckpointStore:
                 raise ValueError(f"the build wrote {MANIFEST}, a file name the checkpoint store reserves")
             files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
             manifest = {"key": key, "parts": parts, "files": files,
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": _HOST,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": HOST,
                         "pid": os.getpid(), "build_s": round(time.monotonic() - start, 3)}
             if not publish(tmp, self.path(key), manifest):
                 if not self.exists(key):
@@ -195,73 +163,15 @@ class CheckpointStore:
 
     # -- locking --------------------------------------------------------------------------------------------------
 
-    def _lock_path(self, key: str) -> Path:
-        return self.root / ".locks" / f"{key}.lock"
-
-    @contextmanager
-    def _lock(self, key: str) -> Iterator[str | None]:
-        """Yields this owner's token while holding the lock of `key`, or None when another owner holds it (after
-        taking over a stale lock, so that the next attempt can succeed)."""
-        path = self._lock_path(key)
-        token = uuid.uuid4().hex
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            self._break_if_stale(key)
-            yield None
-            return
-        with os.fdopen(fd, "w") as f:
-            json.dump({"host": _HOST, "pid": os.getpid(), "token": token, "key": key,
-                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(path, token, stop), daemon=True,
-                                name=f"checkpoint-lock-{key[:8]}")
-        beat.start()
-        try:
-            yield token
-        finally:
-            stop.set()
-            beat.join()
-            if _read_owner(path).get("token") == token:
-                path.unlink(missing_ok=True)
-
-    def _heartbeat(self, path: Path, token: str, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_s):
-            if _read_owner(path).get("token") != token:
-                return  # taken over: leave the new owner's heartbeat alone
-            try:
-                os.utime(path)
-            except FileNotFoundError:
-                return
-
-    def _break_if_stale(self, key: str) -> None:
-        path = self._lock_path(key)
-        try:
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return
-        owner = _read_owner(path)
-        dead = owner.get("host") == _HOST and not _alive(owner.get("pid"))
-        if not dead and age <= self.stale_s:
-            return
-        # Move the lock aside under a unique name, then check that it is the one judged stale: between that
-        # judgement and the rename another waiter may have broken it and taken a fresh lock.
-        grave = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
-        try:
-            os.rename(path, grave)
-        except FileNotFoundError:
-            return
-        moved = _read_owner(grave)
-        if moved.get("token") != owner.get("token"):
-            try:
-                os.link(grave, path)  # put the fresh lock back, unless yet another owner has appeared
-            except FileExistsError:
-                pass
-        else:
-            _log.warning("took over the lock of checkpoint %s from %s (%s)", key, owner or "an unknown owner",
-                         "dead" if dead else f"no heartbeat for {age:.0f} s")
+    def _lock(self, key: str) -> AbstractContextManager[str | None]:
+        """This owner's token while holding the lock of `key`, or None when another owner holds it; taking over
+        a stale lock discards its owner's half-written build."""
+        def discard_build(owner: dict) -> None:
             if owner.get("token"):
                 shutil.rmtree(self._tmp_dir(key, owner["token"]), ignore_errors=True)
-        grave.unlink(missing_ok=True)
+
+        return self.locks.attempt(_lock_name(key), on_takeover=discard_build)
+
+
+def _lock_name(key: str) -> str:
+    return f"{key}.lock"
