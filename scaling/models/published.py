@@ -13,6 +13,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+from scaling.files import publishing
 from scaling.models import ladders
 from scaling.models.ladders import ModelError
 from scaling.models.weights import check_weights, fetch_hub, hub_file
@@ -55,9 +56,8 @@ def resolve(cfg, hf_cache: str | Path | None = None) -> dict[tuple[str, int, str
                 path = Path(point.weights.format(model=model))
                 if not path.is_file():
                     raise ModelError(f"weights file {path} of {cfg.models.ladder}/{model} does not exist; "
-                                            + (f"run `{DOWNLOAD}` on a machine with internet (it fetches "
-                                               f"{point.url.format(model=model)})" if point.url else
-                                               "copy it there"))
+                                     + (f"run `{DOWNLOAD}` on a machine with internet (it fetches "
+                                        f"{point.url.format(model=model)})" if point.url else "copy it there"))
                 check_weights(cfg.models.ladder, model, path)  # hub files are that rung's own release
         except ModelError as e:
             missing.append(f"data.sources.{role} published {point.name!r}: {e}")
@@ -81,16 +81,15 @@ def download_for_config(cfg, hf_cache: str | Path | None = None) -> list[Path]:
             if not path.is_file():
                 if not point.url:
                     raise ModelError(f"data.sources.{role} published {point.name!r}: {path} does not exist "
-                                            "and no url is configured to fetch it from")
+                                     "and no url is configured to fetch it from")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(path.name + ".partial")
                 url = point.url.format(model=model)
-                try:
-                    urllib.request.urlretrieve(url, partial)
-                except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-                    raise ModelError(f"cannot fetch {url} for data.sources.{role} published "
-                                            f"{point.name!r}: {e}") from e
-                partial.rename(path)
+                with publishing(path) as tmp:  # a broken download never stands at `path`
+                    try:
+                        urllib.request.urlretrieve(url, tmp)
+                    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+                        raise ModelError(f"cannot fetch {url} for data.sources.{role} published "
+                                         f"{point.name!r}: {e}") from e
         print(f"{role} {point.name} {cfg.models.ladder}/{model}: {path}", flush=True)
         paths.append(path)
     return paths
