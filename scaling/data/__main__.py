@@ -26,10 +26,13 @@ from typing import Any
 
 import yaml
 
-from scaling.config import coerce
+from scaling.config import DataConfig, coerce, has_own_data, load_config
 from scaling.data import registry
 from scaling.data.base import SPLITS, DataError, Dataset, describe
 from scaling.data.merged import MergedDataset
+from scaling.data.preprocess import CROPS, ENCODINGS, STORAGES, Preprocess
+from scaling.data.shards import BAD_IMAGE_POLICIES, prepare_shards
+from scaling.data.stage import open_source
 
 EXIT_BAD_INPUT = 2
 
@@ -74,8 +77,6 @@ def _build_parser() -> argparse.ArgumentParser:
                                                                    "(default %(default)s)")
     describe_cmd.set_defaults(run=_run_describe)
 
-    from scaling.data.preprocess import CROPS, ENCODINGS, STORAGES
-    from scaling.data.shards import BAD_IMAGE_POLICIES
 
     prepare_cmd = dataset_command("prepare", "preprocess the dataset into Parquet shards in the cache")
     prepare_cmd.add_argument("--resolution", type=int, required=True, help="side length of the stored images")
@@ -94,7 +95,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _default_cache_dir() -> str:
-    from scaling.config import DataConfig
 
     return next(f.default for f in dataclasses.fields(DataConfig) if f.name == "cache_dir")
 
@@ -162,8 +162,6 @@ def _run_describe(args: argparse.Namespace) -> int:
 
 
 def _config_source(path: str, role: str) -> Dataset:
-    from scaling.config import has_own_data, load_config
-    from scaling.data.stage import open_source
 
     cfg = load_config(path)
     refs = {"target": cfg.data.target, **cfg.data.sources}
@@ -191,8 +189,6 @@ def _describe_merged(dataset: MergedDataset, args: argparse.Namespace) -> int:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from scaling.data.preprocess import Preprocess
-    from scaling.data.shards import prepare_shards
 
     dataset = dataset_from_args(args.dataset, args.root, args.version, args.option)
     preprocess = Preprocess(resolution=args.resolution, crop=args.crop, clahe=args.clahe, storage=args.storage,
