@@ -39,7 +39,6 @@ EXIT_BAD_INPUT = 2
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line."""
-
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
@@ -77,7 +76,6 @@ def _build_parser() -> argparse.ArgumentParser:
                                                                    "(default %(default)s)")
     describe_cmd.set_defaults(run=_run_describe)
 
-
     prepare_cmd = dataset_command("prepare", "preprocess the dataset into Parquet shards in the cache")
     prepare_cmd.add_argument("--resolution", type=int, required=True, help="side length of the stored images")
     prepare_cmd.add_argument("--crop", choices=CROPS, default="center", help="center: central square first")
@@ -95,7 +93,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _default_cache_dir() -> str:
-
     return next(f.default for f in dataclasses.fields(DataConfig) if f.name == "cache_dir")
 
 
@@ -162,7 +159,6 @@ def _run_describe(args: argparse.Namespace) -> int:
 
 
 def _config_source(path: str, role: str) -> Dataset:
-
     cfg = load_config(path)
     refs = {"target": cfg.data.target, **cfg.data.sources}
     if role not in refs or not has_own_data(refs[role]):
@@ -189,7 +185,6 @@ def _describe_merged(dataset: MergedDataset, args: argparse.Namespace) -> int:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-
     dataset = dataset_from_args(args.dataset, args.root, args.version, args.option)
     preprocess = Preprocess(resolution=args.resolution, crop=args.crop, clahe=args.clahe, storage=args.storage,
                             encoding=args.encoding)
