@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.data.base import RECORD_COLUMNS, Dataset, DataError, Task
-from scaling.data.synthetic import natural, xray
+import scaling.data.synthetic.natural as natural
+import scaling.data.synthetic.xray as xray
 
 #: bump whenever any renderer or sampler changes what an image or label looks like
 GENERATOR_VERSION = 3
