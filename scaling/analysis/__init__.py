@@ -11,27 +11,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from scaling.analysis.figures import draw_figures
 from scaling.analysis.findings import findings, findings_table
-from scaling.analysis.grid import GROUP, per_seed, plain
 from scaling.analysis.fits import all_laws
-from scaling.analysis.transfer import transfer_cells, transfer_law
+from scaling.analysis.grid import GROUP, per_seed, plain, with_target_size
 from scaling.analysis.results import best_per_cell
-
+from scaling.analysis.transfer import transfer_cells, transfer_law
 
 
 def summary_table(best: pd.DataFrame) -> pd.DataFrame:
     """The tuned test AUC per model, source, pre-training size and target size: the mean over the trial's seeds,
     and their spread (sd; absent with one seed)."""
-    # target_size tells apart the scratch rows of the target subsets
-    cols = [*GROUP, "source", "pretrain_size", *(["target_size"] if "target_size" in best else []), "test_roc_auc",
+    cols = [*with_target_size([*GROUP, "source", "pretrain_size"], best), "test_roc_auc",
             *(["test_roc_auc_sd"] if "test_roc_auc_sd" in best else [])]
     return best[cols].rename(columns={"test_roc_auc": "test_auc", "test_roc_auc_sd": "sd"})
 
 
 def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
     """Write fits.json, findings.json and figures/; return what the summary needs."""
-    from scaling.analysis.figures import draw_figures
-
     best = best_per_cell(table)
     if best.empty:
         log("analysis: no finished trials to analyse")

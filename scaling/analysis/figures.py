@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.analysis.grid import SCRATCH, model_order, on_full_target, source_colours
+from scaling.analysis.grid import model_order, on_full_target, source_colours
+from scaling.config import SCRATCH
 
 ERROR = "test error (1 - ROC-AUC)"
 #: the figures of fitted laws are the ones a paper takes; the others are for reading on screen

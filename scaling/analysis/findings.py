@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import SCRATCH, cell_columns, plain
+from scaling.analysis.grid import cell_columns, plain
+from scaling.config import BOTH, MEDICAL, NATURAL, SCRATCH
 from scaling.laws.compare import Contrast, ImageBootstrap, contrast_seeds, verdict
 
-PAIRS = (("medical", SCRATCH), ("natural", SCRATCH), ("both", "medical"), ("medical", "natural"))
+PAIRS = ((MEDICAL, SCRATCH), (NATURAL, SCRATCH), (BOTH, MEDICAL), (MEDICAL, NATURAL))
 #: axis column -> how a statement names it
 GROWTH = {"params": "model size", "pretrain_size": "pre-training data", "budget": "fine-tuning budget"}
 N_BOOT = 1000

@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import MIN_VALUES, SCRATCH, plain
+from scaling.analysis.grid import GROUP, plain, with_target_size
+from scaling.config import SCRATCH
 from scaling.laws import FitError, fit
 
+MIN_VALUES = 3  # the fewest distinct values of an axis that a law along it needs (but see AXES)
 #: axis -> (the column along which it runs, the columns that define one curve, fewest distinct x)
 AXES = {
     "pretrain_size": ("pretrain_size", ["source", "model", "budget", "shots"], 2),
@@ -61,14 +63,14 @@ def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
 def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], str | None]:
     """The laws along one axis, or none and why the grid does not have that axis."""
     column, keys, fewest = AXES[axis]
-    keys = keys + (["target_size"] if "target_size" in points else [])  # a curve holds every other axis fixed
+    keys = with_target_size(keys, points)  # a curve holds every other axis fixed
     rows = points[points["source"] != SCRATCH] if axis == "pretrain_size" else points
     if axis == "shots":
         rows = rows[rows["shots"] > 0]  # 0 means every target image, not a point on the shots axis
     if rows.empty or rows[column].nunique() < fewest:
         besides = " besides 0 (every target image)" if axis == "shots" else ""
         return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s){besides}; a law needs {fewest}"
-    level = ["model", "budget", "shots"] + (["target_size"] if "target_size" in points else [])
+    level = with_target_size(GROUP, points)
     scratch = points[points["source"] == SCRATCH].groupby(level)["test_error"].mean()
     fits = []
     for key, part in rows.groupby(keys):
@@ -90,7 +92,7 @@ def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], s
 def joint_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
     """``E + A/N^α + B/D^β`` per (source, budget, shots) where the grid has >= 3 model and pre-training sizes."""
     rows = points[points["source"] != SCRATCH]
-    keys = ["source", "budget", "shots"] + (["target_size"] if "target_size" in points else [])
+    keys = with_target_size(["source", "budget", "shots"], points)
     fits = []
     for key, part in rows.groupby(keys):
         if part["params"].nunique() < MIN_VALUES or part["pretrain_size"].nunique() < MIN_VALUES:

@@ -13,8 +13,9 @@ SOURCE_COLOURS = {"scratch": "#555555", "natural": "#E69F00", "medical": "#0072B
 EXTRA_COLOURS = ("#CC79A7", "#D55E00", "#56B4E9", "#F0E442")
 #: the axes of a cell that the laws, effective data and trust fits group by (one curve per group)
 GROUP = ["model", "budget", "shots"]
-#: the axes a law may be fitted along, with the fewest distinct values a law along them needs
-MIN_VALUES = 3
+#: the axes of a cell, every axis of a trial but its hyper-parameter sample (target_size too where a table has
+#: it: `cell_columns`)
+CELL = ["model", "source", "pretrain_size", "budget", "shots"]
 TRUST_COLUMNS = ("test_ece", "test_ece_calibrated", "test_brier", "test_ensemble_roc_auc", "test_aurc",
                  "saliency_pointing", "saliency_pointing_baseline")
 
@@ -44,10 +45,15 @@ def on_full_target(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["target_size"] == table.groupby(["budget", "shots"])["target_size"].transform("max")]
 
 
+def with_target_size(columns: list[str], table: pd.DataFrame) -> list[str]:
+    """`columns`, and target_size where the table has it: scratch trials at several target sizes are cells (and
+    curves) of their own."""
+    return columns + (["target_size"] if "target_size" in table else [])
+
+
 def cell_columns(table: pd.DataFrame) -> list[str]:
     """Every axis of a trial but its hyper-parameter sample."""
-    return ["model", "source", "pretrain_size", "budget", "shots"] + (["target_size"] if "target_size" in table
-                                                                      else [])
+    return with_target_size(CELL, table)
 
 
 def per_seed(best: pd.DataFrame) -> pd.DataFrame:

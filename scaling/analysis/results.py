@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.sweep.plan import BOTH, SCRATCH
+from scaling.analysis.grid import cell_columns
+from scaling.config import BOTH, SCRATCH, Recipe
 from scaling.files import publish_file
 from scaling.train.faults import DIVERGED_STEP, describe_divergence
 
@@ -18,7 +19,9 @@ from scaling.train.faults import DIVERGED_STEP, describe_divergence
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
-def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
+def results_table(ledger_entries: dict[str, dict], pretrain: Recipe, finetune: Recipe) -> pd.DataFrame:
+    """One row per trial of the ledger; the FLOPs of its fine-tuning (its steps at `finetune`'s batch size) and
+    of the pre-training it started from (`pretrain`'s steps per stage: none from scratch, two for "both")."""
     rows = []
     for name, entry in sorted(ledger_entries.items()):
         metrics = entry.get("metrics", {})
@@ -29,11 +32,11 @@ def results_table(ledger_entries: dict[str, dict], cfg) -> pd.DataFrame:
                                             "target_subset", "target_size", "lr", "weight_decay", "params",
                                             "flops_per_image")})
         row.update({k: v for k, v in metrics.items() if not k.endswith("_confusion")})
-        per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * cfg.finetune.recipe.batch_size
+        per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * finetune.batch_size
         row["finetune_flops"] = per_step * metrics.get("step", 0)
         stages = {SCRATCH: 0, BOTH: 2}.get(entry["source"], 1)
         row["pretrain_flops"] = stages * TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * \
-            cfg.pretrain.batch_size * cfg.pretrain.steps
+            pretrain.batch_size * pretrain.steps
         # present in every table, a study whose trials all diverged included (the dashboard reads it)
         row["test_error"] = 1.0 - metrics["test_roc_auc"] if "test_roc_auc" in metrics else float("nan")
         rows.append(row)
@@ -46,8 +49,7 @@ def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done
-    cell = ["model", "source", "pretrain_size", "budget", "shots"]
-    cell += ["target_size"] if "target_size" in table else []  # scratch at several target sizes
+    cell = cell_columns(table)
     best = done.loc[done.groupby(cell)["val_roc_auc"].idxmax()]
     return best.sort_values(cell).reset_index(drop=True)
 

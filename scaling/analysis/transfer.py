@@ -14,11 +14,16 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import GROUP, SCRATCH, has_target_axis, plain
 from scaling.analysis.fits import fit_curve
+from scaling.analysis.grid import GROUP, has_target_axis, plain
+from scaling.config import SCRATCH
 from scaling.laws import FitError, fit, fit_transfer, scratch_size_for
+from scaling.laws.intervals import percentile_interval
 
 N_BOOT = 100
+#: the 95% interval's quantiles, written out as fits.json has always had them: (1 - 0.95) / 2 is not 0.025 to
+#: the last bit, nor would the interval be
+QUANTILES = (0.025, 0.975)
 NO_AXIS = "no target-size axis: effective data transferred needs scratch trials at >= 2 target sizes"
 
 
@@ -27,7 +32,7 @@ def _quantiles(values: np.ndarray) -> list[float | None]:
     finite = values[~np.isnan(values)]
     if not len(finite):
         return [None, None]
-    q = np.quantile(np.clip(finite, -1e300, 1e300), [0.025, 0.975])
+    q = percentile_interval(np.clip(finite, -1e300, 1e300), quantiles=QUANTILES)
     return [None if abs(v) >= 1e299 else float(v) for v in q]
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.grid import GROUP, on_full_target
+from scaling.analysis.grid import GROUP, on_full_target, plain, with_target_size
 from scaling.analysis.results import best_per_cell
+from scaling.config import SCRATCH
 
 #: (column, what it is, its "error" -- the quantity fitted as falling with pre-training data)
 TRUST_LAWS = (("test_ece", "test ECE (15 bins, positive class)", lambda s: s),
@@ -71,7 +72,7 @@ def trust_figures(table: pd.DataFrame, study_dir: str | Path, seed: int = 0, n_b
         with_bins = part.dropna(subset=["test_reliability"])
         if len(with_bins):
             paths += plots.save_figure(reliability_figure(with_bins), out / f"reliability_{stem}")
-        pretrained = part[part["source"] != "scratch"]
+        pretrained = part[part["source"] != SCRATCH]
         for column, what, error in TRUST_LAWS:
             if column not in pretrained or pretrained["pretrain_size"].nunique() < 2:
                 continue
@@ -82,7 +83,7 @@ def trust_figures(table: pd.DataFrame, study_dir: str | Path, seed: int = 0, n_b
             paths += plots.save_figure(fig, out / f"trust_{column}_{stem}")
             entries += [_entry(dict(zip(GROUP, key)), source, column, what, points, law)
                         for (source,), law in fits.items()]
-    (study_dir / FITS_FILE).write_text(json.dumps(entries, indent=1, default=_plain))
+    (study_dir / FITS_FILE).write_text(json.dumps(entries, indent=1, default=plain))
     return paths
 
 
@@ -94,17 +95,12 @@ def trust_table(table: pd.DataFrame) -> pd.DataFrame:
                "test_roc_auc": "auc_mean", "test_ensemble_roc_auc": "auc_ensemble", "saliency_pointing": "pointing",
                "saliency_baseline": "baseline"}
     present = [c for c in columns if c in best]
-    sizes = ["target_size"] if "target_size" in best else []  # scratch trials at several target sizes
-    return best[[*GROUP, "source", "pretrain_size", *sizes, *present]].rename(columns=columns)
+    return best[[*with_target_size([*GROUP, "source", "pretrain_size"], best), *present]].rename(columns=columns)
 
 
 def _entry(cell: dict, source: str, column: str, what: str, points: pd.DataFrame, law) -> dict:
-    entry = {**{k: _plain(v) for k, v in cell.items()}, "source": source, "column": column, "quantity": what,
+    entry = {**{k: plain(v) for k, v in cell.items()}, "source": source, "column": column, "quantity": what,
              "sizes": sorted(map(int, points.loc[points["source"] == source, "pretrain_size"]))}
     if isinstance(law, Exception):
         return {**entry, "error": str(law)}
     return {**entry, "form": law.form, "params": law.params, "ci": {k: list(v) for k, v in law.ci.items()}}
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value

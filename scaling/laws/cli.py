@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .fitting import Fit, FitError
+from .checks import FitError
+from .fitting import Fit
 from .forms import FORMS
 from .plots import fit_groups, group_label, plot_fits, save_figure
 

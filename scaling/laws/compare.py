@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm, rankdata, t
+
+from .intervals import percentile_interval, t_over_z
 
 CHUNK = 100  # replicates are drawn in chunks of this many (the order of the draws, and so the intervals, of earlier versions)
 
@@ -34,15 +35,37 @@ class Contrast:
                 "n_seeds": self.n_seeds, "n_images": self.n_images, "bootstrap": self.method}
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """ROC-AUC along the last axis by the rank-sum (Mann-Whitney) formula, ties counted half; ``labels`` 0/1
-    broadcast against ``scores``. NaN where a draw holds one class only."""
-    labels = np.broadcast_to(labels, scores.shape).astype(bool)
-    ranks = rankdata(scores, axis=-1)
-    pos = labels.sum(axis=-1)
-    neg = labels.shape[-1] - pos
+def resampled_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each row of ``scores`` (rows, images) on every resample of the images given as ``counts``
+    (replicates, images: how often each image was drawn), shape (rows, replicates); ``labels`` 0/1, (images,) or
+    one row per row of scores; NaN where a resample holds one class only. The Mann-Whitney count over drawn
+    positive-negative pairs, ties half: equal to :func:`auc` of the resampled scores, but each row is sorted once
+    instead of once per replicate (about 30 times faster on 1000 replicates of 400 images)."""
+    positive = np.broadcast_to(np.asarray(labels).astype(bool), np.shape(scores))
+    out = np.empty((len(scores), len(counts)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.where(labels, ranks, 0.0).sum(axis=-1) - pos * (pos + 1) / 2) / (pos * neg)
+        for row, s in enumerate(scores):
+            order = np.argsort(s, kind="stable")
+            ordered = s[order]
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # groups of tied scores
+            c = counts[:, order]
+            pos = np.add.reduceat(c * positive[row][order], starts, axis=1)
+            neg = np.add.reduceat(c * ~positive[row][order], starts, axis=1)
+            below = np.cumsum(neg, axis=1) - neg  # drawn negatives scored strictly lower
+            out[row] = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+    return out
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """ROC-AUC along the last axis, ties counted half; ``labels`` 0/1 broadcast against ``scores``. NaN where a
+    row holds one class only or a NaN score. :func:`resampled_auc` with every image drawn once; its sums are of
+    half-integers, exact, so it equals the rank-sum (Mann-Whitney) formula to the bit."""
+    scores = np.asarray(scores)
+    rows = scores.reshape(-1, scores.shape[-1])
+    labels = np.broadcast_to(labels, scores.shape).reshape(rows.shape)
+    out = resampled_auc(rows, labels, np.ones((1, rows.shape[1])))[:, 0]
+    out[np.isnan(rows).any(axis=1)] = np.nan  # a NaN score has no rank
+    return out.reshape(scores.shape[:-1])[()]
 
 
 def _check(weights: Sequence[float], runs: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
@@ -55,30 +78,10 @@ def _check(weights: Sequence[float], runs: Sequence[np.ndarray], what: str) -> l
     return arrays
 
 
-def _interval(estimate: float, draws: np.ndarray, level: float) -> tuple[float, float]:
-    draws = draws[np.isfinite(draws)]
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of the finite draws (a replicate without both classes has no AUC)."""
+    low, high = percentile_interval(draws[np.isfinite(draws)], level)
     return float(low), float(high)
-
-
-def _weighted_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """ROC-AUC of each row of ``scores`` (rows, images) on every resample of the images given as ``counts``
-    (replicates, images: how often each image was drawn), shape (rows, replicates). Equal to :func:`auc` of the
-    resampled scores (the Mann-Whitney count over drawn positive-negative pairs, ties half), but each row is
-    sorted once instead of once per replicate: about 30 times faster on 1000 replicates of 400 images."""
-    positive = labels.astype(bool)
-    out = np.empty((len(scores), len(counts)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for row, s in enumerate(scores):
-            order = np.argsort(s, kind="stable")
-            ordered = s[order]
-            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # groups of tied scores
-            c = counts[:, order]
-            pos = np.add.reduceat(c * positive[order], starts, axis=1)
-            neg = np.add.reduceat(c * ~positive[order], starts, axis=1)
-            below = np.cumsum(neg, axis=1) - neg  # drawn negatives scored strictly lower
-            out[row] = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
-    return out
 
 
 class ImageBootstrap:
@@ -107,7 +110,7 @@ class ImageBootstrap:
         if key is not None and key in self._runs:
             return self._runs[key]
         probs = np.asarray(probs, dtype=float)
-        per_seed = _weighted_auc(probs, self.labels, self.counts)  # (seeds, n_boot)
+        per_seed = resampled_auc(probs, self.labels, self.counts)  # (seeds, n_boot)
         drawn = np.take_along_axis(per_seed.T, self.seeds, axis=1)
         out = float(auc(probs, self.labels).mean()), np.nanmean(drawn, axis=1)
         if key is not None:
@@ -123,7 +126,7 @@ class ImageBootstrap:
         runs = [self.run(a, k) for a, k in zip(arrays, keys or [None] * len(arrays))]
         w = np.asarray(weights, dtype=float)
         estimate = float(w @ [r[0] for r in runs])
-        low, high = _interval(estimate, w @ np.array([r[1] for r in runs]), level)
+        low, high = _interval(w @ np.array([r[1] for r in runs]), level)
         return Contrast(estimate, low, high, self.n_seeds, len(self.labels), "seeds+images", level)
 
 
@@ -155,11 +158,10 @@ def contrast_seeds(weights: Sequence[float], aucs: Sequence[np.ndarray], *, n_bo
     rng = np.random.default_rng(seed)
     si = rng.integers(0, stacked.shape[1], size=(n_boot, stacked.shape[1]))
     draws = stacked[:, si].mean(axis=2).T @ w
-    low, high = _interval(estimate, draws, level)
+    low, high = _interval(draws, level)
     n = stacked.shape[1]
     if n > 1:
-        q = (1 + level) / 2
-        widen = t.ppf(q, n - 1) / norm.ppf(q) * np.sqrt(n / (n - 1))
+        widen = t_over_z(n - 1, level) * np.sqrt(n / (n - 1))
         low, high = estimate + widen * (low - estimate), estimate + widen * (high - estimate)
     return Contrast(estimate, float(low), float(high), n, None, "seeds", level)
 

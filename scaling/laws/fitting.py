@@ -3,7 +3,7 @@
 The loss is Huber on log residuals, ``log y - log f(x)``: relative errors weigh the same at every scale and a few
 bad runs cannot drag the curve. Each form proposes a grid of starting points (mostly closed-form profiles, see
 :mod:`scaling.laws.forms`); the best few by loss seed a bounded trust-region optimiser
-(:func:`scipy.optimize.least_squares`), so parameters stay in their valid ranges (``E >= 0``, decay rates in
+(:func:`scipy.optimize.least_squares`, :mod:`scaling.laws.solver`), so parameters stay in their valid ranges (``E >= 0``, decay rates in
 ``[0, 5]``, ...). ``form="auto"`` judges candidates by how well they predict the held-out largest ``x`` after
 fitting the rest, because a law's use is extrapolation and the in-sample fit rewards flexibility instead; it
 skips the opening transient of dense learning curves and leaves the saturating law only for a rival that is
@@ -18,16 +18,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import least_squares
 
-from .forms import FORMS, Data, Form
-
-ArrayLike = Union[Sequence[float], np.ndarray]
-XLike = Union[ArrayLike, Mapping[str, ArrayLike]]
+from .checks import ArrayLike, FitError, XLike, as_vector, check_level, named_inputs, positive, target_values
+from .forms import FORMS
+from .intervals import percentile_interval, t_over_z
+from .solver import DEFAULT_HUBER_DELTA, Problem, solve
 
 # form="auto" candidates by number of variables. m4 and the broken law are left out of the default because on the
 # public benchmark (benchmarks/bench_laws.py) they beat the saturating law on the held-out tail of about half the
@@ -39,59 +37,6 @@ AUTO_DEFAULT = "saturating"
 SWITCH_MARGIN = 5.0
 TRANSIENT_FRACTION = 0.25  # of the log-x range, skipped by auto on dense learning curves
 MIN_DENSE_POINTS = 6  # distinct x that must remain for that
-DEFAULT_HUBER_DELTA = 1e-3  # in log units, as Hoffmann et al. 2022: close to L1, robust to outlier runs
-N_LOCAL_STARTS = 3  # the best starts of the grid that get a full local optimisation
-# Noisy data converge in tens of evaluations; noise-free data never meet the relative tolerances (the loss goes
-# to zero), so the budget is what stops them.
-MAX_NFEV_PER_PARAM = 60
-
-
-class FitError(ValueError):
-    """Input a law cannot be fitted to, or a fit that did not produce finite parameters."""
-
-
-# --- input checks -------------------------------------------------------------------------------------------
-
-
-def _as_vector(values: ArrayLike, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    if arr.ndim != 1:
-        raise FitError(f"{name} must be a 1-D array of numbers, got shape {arr.shape}")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:
-        raise FitError(f"{name} has {bad.size} non-finite value(s) (NaN or inf), first at index {bad[0]}: "
-                       f"{arr[bad[0]]}; drop or fix those rows before fitting")
-    return arr
-
-
-def _positive(arr: np.ndarray, name: str) -> np.ndarray:
-    bad = np.flatnonzero(arr <= 0)
-    if bad.size:
-        raise FitError(f"{name} must be > 0 (laws are fitted in log space), but {bad.size} value(s) are not, "
-                       f"first at index {bad[0]}: {arr[bad[0]]}")
-    return arr
-
-
-def _inputs(x: XLike) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
-    """Named positive 1-D inputs: a mapping of several, or one array called 'x'."""
-    if isinstance(x, Mapping):
-        if not x:
-            raise FitError("x is an empty mapping; give one named 1-D array per variable")
-        names = tuple(str(k) for k in x)
-        arrays = tuple(_positive(_as_vector(v, f"x[{k!r}]"), f"x[{k!r}]") for k, v in x.items())
-    else:
-        names, arrays = ("x",), (_positive(_as_vector(x, "x"), "x"),)
-    if len({len(a) for a in arrays}) > 1:
-        raise FitError(f"inputs differ in length: {dict(zip(names, (len(a) for a in arrays)))}")
-    return names, arrays
-
-
-def _check_enough(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, n_fixed: int = 0) -> None:
-    p = form.n_params - n_fixed
-    distinct = len({tuple(col) for col in np.column_stack(arrays)})
-    if len(y) < p + 1 or distinct < p:
-        raise FitError(f"form {form.name!r} has {p} free parameters and needs at least {p + 1} points at "
-                       f"{p} or more distinct x; got {len(y)} points at {distinct} distinct x")
 
 
 # --- Pareto frontier ----------------------------------------------------------------------------------------
@@ -100,8 +45,8 @@ def _check_enough(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, n_f
 def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
     """Indices of the compute-efficient frontier: the lowest ``y`` in each of ``bins`` log-spaced bins of
     ``x``, kept only where it beats every bin to its left (so the frontier falls monotonically)."""
-    xs = _positive(_as_vector(x, "x"), "x")
-    ys = _as_vector(y, "y")
+    xs = positive(as_vector(x, "x"), "x")
+    ys = as_vector(y, "y")
     if len(xs) != len(ys):
         raise FitError(f"x has {len(xs)} values but y has {len(ys)}")
     if bins < 1:
@@ -117,95 +62,6 @@ def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
                 keep.append(i)
                 best = ys[i]
     return np.array(keep, dtype=int)
-
-
-# --- one form, one data set ---------------------------------------------------------------------------------
-
-
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, r * r, delta * (2.0 * a - delta))
-
-
-@dataclass(frozen=True)
-class _Problem:
-    """A form on centred data, with the bounds split into free parameters and ones pinned by lo == hi."""
-
-    form: Form
-    data: Data
-    log_ref: np.ndarray  # the centre of each log input
-    delta: float
-    lo: np.ndarray
-    hi: np.ndarray
-
-    @classmethod
-    def make(cls, form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, delta: float,
-             chance: float | None) -> _Problem:
-        logs = tuple(np.log(a) for a in arrays)
-        log_ref = np.array([0.5 * (lx.min() + lx.max()) for lx in logs])
-        data = Data(tuple(lx - r for lx, r in zip(logs, log_ref)), y, chance)
-        lo, hi = form.bounds(data)
-        return cls(form, data, log_ref, delta, np.asarray(lo, float), np.asarray(hi, float))
-
-    def centred(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        return tuple(np.log(a) - r for a, r in zip(arrays, self.log_ref))
-
-    @property
-    def free(self) -> np.ndarray:
-        return self.hi > self.lo
-
-    def full(self, theta_free: np.ndarray) -> np.ndarray:
-        theta = self.lo.copy()
-        theta[self.free] = theta_free
-        return theta
-
-    def residuals(self, theta: np.ndarray, ly: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            r = ly - self.form.log_predict(theta, self.data.u)
-        # The optimiser may probe the edge of a form's domain; a large finite residual steers it back.
-        return np.where(np.isfinite(r), r, 1e3)
-
-    def loss(self, theta: np.ndarray, ly: np.ndarray) -> float:
-        return float(np.sum(_huber(self.residuals(theta, ly), self.delta)))
-
-    def clip(self, theta: np.ndarray) -> np.ndarray:
-        span = self.hi - self.lo
-        return np.clip(theta, self.lo + 1e-9 * span, self.hi - 1e-9 * span)
-
-    def jacobian(self, theta: np.ndarray) -> np.ndarray:
-        """d residuals / d theta (free entries), where the form gives its gradient; finite like the residuals."""
-        with np.errstate(all="ignore"):
-            jac = -self.form.gradient(theta, self.data.u)[:, self.free]
-        return np.where(np.isfinite(jac), jac, 0.0)
-
-    def local(self, start: np.ndarray, ly: np.ndarray) -> np.ndarray:
-        free = self.free
-        jac = (lambda t: self.jacobian(self.full(t))) if self.form.gradient else "2-point"
-        sol = least_squares(lambda t: self.residuals(self.full(t), ly), self.clip(start)[free], jac=jac,
-                            bounds=(self.lo[free], self.hi[free]), loss="huber", f_scale=self.delta,
-                            method="trf", x_scale="jac", max_nfev=MAX_NFEV_PER_PARAM * (1 + int(free.sum())))
-        return self.full(sol.x)
-
-    def solve(self) -> np.ndarray:
-        ly = self.data.ly
-        starts = np.array([self.clip(s) for s in self.form.starts(self.data) if np.all(np.isfinite(s))])
-        if not len(starts):
-            raise FitError(f"form {self.form.name!r}: no valid starting point for these data")
-        order = np.argsort([self.loss(s, ly) for s in starts])
-        fits = [self.local(starts[i], ly) for i in order[:N_LOCAL_STARTS]]
-        best = min(fits, key=lambda t: self.loss(t, ly))
-        if not np.all(np.isfinite(best)) or not np.isfinite(self.loss(best, ly)):
-            raise FitError(f"form {self.form.name!r} did not converge to finite parameters")
-        return best
-
-
-def _solve(form: Form, arrays: tuple[np.ndarray, ...], y: np.ndarray, delta: float,
-           chance: float | None) -> tuple[np.ndarray, _Problem]:
-    if len(y) < 2:
-        raise FitError(f"form {form.name!r} cannot be fitted to {len(y)} point(s)")
-    problem = _Problem.make(form, arrays, y, delta, chance)
-    _check_enough(form, arrays, y, n_fixed=int((~problem.free).sum()))
-    return problem.solve(), problem
 
 
 # --- the result ---------------------------------------------------------------------------------------------
@@ -228,7 +84,7 @@ class Fit:
     selection: dict[str, float | None] = field(default_factory=dict)
     n_boot: int = 200
     seed: int = 0
-    _problem: _Problem = field(repr=False, default=None)  # type: ignore[assignment]
+    _problem: Problem = field(repr=False, default=None)  # type: ignore[assignment]
     _theta: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
     @property
@@ -255,7 +111,7 @@ class Fit:
             raise FitError(f"this {self.form!r} law takes a mapping with keys {list(self.variables)}")
         else:
             x = np.ravel(x)
-        return self._problem.centred(_inputs(x)[1])
+        return self._problem.centred(named_inputs(x)[1])
 
     def predict(self, x: XLike) -> np.ndarray:
         """The law at ``x`` (an array, or a mapping of named arrays for two-variable laws)."""
@@ -286,20 +142,18 @@ class Fit:
         """t over z quantile for the residual degrees of freedom. Percentile intervals of a bootstrap from a dozen
         points are too narrow: E + A·x^-α, 12 points over 3 decades, 2% noise, 80 random laws covered
         E/A/α in 86/93/91% at 95%; widened by t_{n-p}/z, 94/96/97%."""
-        df = max(len(self.y) - int(self._problem.free.sum()), 1)
-        q = (1 + level) / 2
-        return float(stats.t.ppf(q, df) / stats.norm.ppf(q))
+        return t_over_z(max(len(self.y) - int(self._problem.free.sum()), 1), level)
 
     def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
         """Bootstrap percentile intervals of the parameters at ``level``, widened about the estimate by
         :meth:`_widening` (on the log scale for amplitudes), within the parameters' bounds."""
-        _check_level(level)
+        check_level(level)
         form = FORMS[self.form]
         public = form.to_public(self._draws, self._problem.log_ref)
         centre = form.to_public(self._theta, self._problem.log_ref)
         logs = list(form.log_params)
         public[:, logs], centre[logs] = np.log(public[:, logs]), np.log(centre[logs])
-        q = np.quantile(public, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        q = percentile_interval(public, level, axis=0)
         q = centre + self._widening(level) * (q - centre)
         q[:, logs] = np.exp(q[:, logs])
         # parameters stored as they are published (E, exponents) keep the bounds the fit had
@@ -316,7 +170,7 @@ class Fit:
     def predict_interval(self, x: XLike, level: float = 0.95, noise: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Bootstrap band (low, high) of the law at ``x``. With ``noise`` it also covers the scatter of a single
         new run around the law (resampled residuals), i.e. a prediction interval rather than a confidence band."""
-        _check_level(level)
+        check_level(level)
         u = self._u(x)
         form = FORMS[self.form]
         curves = np.array([form.log_predict(theta, u) for theta in self._draws])
@@ -326,7 +180,7 @@ class Fit:
             r = self.residuals
             rng = np.random.default_rng(self.seed + 1)
             curves = curves + rng.choice(r - r.mean(), size=curves.shape, replace=True)
-        low, high = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        low, high = percentile_interval(curves, level, axis=0)
         return np.exp(low), np.exp(high)
 
     def to_dict(self) -> dict[str, Any]:
@@ -346,11 +200,6 @@ class Fit:
         }
 
 
-def _check_level(level: float) -> None:
-    if not 0.0 < level < 1.0:
-        raise FitError(f"level must be in (0, 1), got {level}")
-
-
 # --- selection and the entry point --------------------------------------------------------------------------
 
 
@@ -368,15 +217,15 @@ def extrapolation_scores(x: ArrayLike, y: ArrayLike, forms: Sequence[str] = AUTO
 
     A form that cannot be fitted to what is left (too few points) scores ``None``.
     """
-    _, (xs,) = _inputs(x)
-    ys = _target(y, len(xs))
+    _, (xs,) = named_inputs(x)
+    ys = target_values(y, len(xs))
     if not 0.0 < holdout < 1.0:
         raise FitError(f"holdout must be a fraction in (0, 1), got {holdout}")
     held = _holdout_split(xs, holdout)
     scores: dict[str, float | None] = {}
     for name in forms:
         try:
-            theta, problem = _solve(FORMS[name], (xs[~held],), ys[~held], huber_delta, chance)
+            theta, problem = solve(FORMS[name], (xs[~held],), ys[~held], huber_delta, chance)
         except FitError:
             scores[name] = None
             continue
@@ -393,7 +242,7 @@ def transient_end(x: ArrayLike) -> float | None:
     Only curves that keep at least ``MIN_DENSE_POINTS`` distinct x beyond that point are trimmed (a short sweep
     has no transient to spare); None means keep every point.
     """
-    _, (xs,) = _inputs(x)
+    _, (xs,) = named_inputs(x)
     lx = np.log(xs)
     start = float(np.exp(lx.min() + TRANSIENT_FRACTION * np.ptp(lx)))
     return start if len(np.unique(xs[xs >= start])) >= MIN_DENSE_POINTS else None
@@ -410,15 +259,6 @@ def choose_form(scores: Mapping[str, float | None], default: str = AUTO_DEFAULT)
     if default not in scored or scored[best] * SWITCH_MARGIN < scored[default]:
         return best
     return default
-
-
-def _target(y: ArrayLike, n: int) -> np.ndarray:
-    ys = _positive(_as_vector(y, "y"), "y")
-    if len(ys) != n:
-        raise FitError(f"y has {len(ys)} values but x has {n}")
-    if np.ptp(ys) == 0:
-        raise FitError(f"y is constant ({ys[0]}): there is no trend to fit a law to")
-    return ys
 
 
 def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str] | None = None,
@@ -457,8 +297,8 @@ def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str]
         >>> round(law.params["alpha"], 3), round(law.params["E"], 3)
         (0.4, 0.1)
     """
-    names, arrays = _inputs(x)
-    ys = _target(y, len(arrays[0]))
+    names, arrays = named_inputs(x)
+    ys = target_values(y, len(arrays[0]))
     if huber_delta <= 0:
         raise FitError(f"huber_delta must be > 0, got {huber_delta}")
     if form == "auto":
@@ -499,7 +339,7 @@ def fit(x: XLike, y: ArrayLike, form: str = "auto", *, candidates: Sequence[str]
         chosen = choose_form(selection)
 
     form_obj = FORMS[chosen]
-    theta, problem = _solve(form_obj, arrays, ys, huber_delta, chance)
+    theta, problem = solve(form_obj, arrays, ys, huber_delta, chance)
     public = form_obj.to_public(theta, problem.log_ref)
     if not np.all(np.isfinite(public)):
         raise FitError(f"form {chosen!r}: parameters overflow in the units of the data: {public}")

@@ -19,7 +19,8 @@ import numpy as np
 from matplotlib import cycler
 from matplotlib.figure import Figure
 
-from .fitting import Fit, FitError, fit
+from .checks import FitError
+from .fitting import Fit, fit
 from .transfer import fit_transfer
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")

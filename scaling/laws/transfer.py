@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .fitting import ArrayLike, Fit, FitError, _as_vector, _positive, fit
+from .checks import ArrayLike, FitError, as_vector, positive
+from .fitting import Fit, fit
 
 SEARCH_DECADES = 12.0  # how far beyond the scratch data the inverse looks before calling D_E 0 or infinite
 
@@ -31,7 +32,7 @@ def scratch_size_for(law: Fit, error: ArrayLike) -> np.ndarray:
     """
     if len(law.variables) != 1:
         raise FitError(f"scratch_size_for needs a one-variable law, got {law.form!r} over {law.variables}")
-    target = _as_vector(np.atleast_1d(error), "error")
+    target = as_vector(np.atleast_1d(error), "error")
     lo = np.full(target.shape, np.log(law.x[0].min()) - SEARCH_DECADES * np.log(10))
     hi = np.full(target.shape, np.log(law.x[0].max()) + SEARCH_DECADES * np.log(10))
     never = target <= law.predict(np.exp(hi))
@@ -82,8 +83,8 @@ def effective_data_transferred(scratch: Fit | tuple[ArrayLike, ArrayLike], finet
     law = scratch if isinstance(scratch, Fit) else fit(scratch[0], scratch[1], **fit_kwargs)
     if len(law.variables) != 1:
         raise FitError(f"the scratch law must have one variable, got {law.variables}")
-    d_f = _positive(_as_vector(finetuned_size, "finetuned_size"), "finetuned_size")
-    err = _positive(_as_vector(finetuned_error, "finetuned_error"), "finetuned_error")
+    d_f = positive(as_vector(finetuned_size, "finetuned_size"), "finetuned_size")
+    err = positive(as_vector(finetuned_error, "finetuned_error"), "finetuned_error")
     if len(d_f) != len(err):
         raise FitError(f"finetuned_size has {len(d_f)} values but finetuned_error has {len(err)}")
     d_e = scratch_size_for(law, err)
@@ -97,8 +98,8 @@ def fit_transfer(finetuned_size: ArrayLike, model_size: ArrayLike, transferred: 
     Only finite, positive ``D_T`` can enter a log-space fit; the others (pre-training that hurt, or fine-tuned
     errors beyond the scratch law's floor) are dropped with a warning that counts them.
     """
-    d_f = _as_vector(finetuned_size, "finetuned_size")
-    n = _as_vector(model_size, "model_size")
+    d_f = as_vector(finetuned_size, "finetuned_size")
+    n = as_vector(model_size, "model_size")
     d_t = np.asarray(transferred, dtype=float)
     if not (len(d_f) == len(n) == len(d_t)):
         raise FitError(f"lengths differ: finetuned_size {len(d_f)}, model_size {len(n)}, transferred {len(d_t)}")
