@@ -86,15 +86,13 @@ def main() -> None:
 
     import dashboards
     import scaling.analysis as analysis
-    import scaling.analysis.figures as figures
     import scaling.analysis.trust as trust
-    from scaling.laws import fitting
+    from scaling.laws import solver
 
     clock = Clock()
-    for name in ("all_laws", "transfer_cells", "findings"):
+    for name in ("all_laws", "transfer_cells", "findings", "draw_figures"):
         clock.wrap(analysis, name, f"  {name}")
-    clock.wrap(figures, "draw_figures", "  draw_figures")
-    clock.wrap(fitting._Problem, "local", "  law refits (least_squares)")
+    clock.wrap(solver.Problem, "local", "  law refits (least_squares)")
     clock.savefig_by_format()
 
     with tempfile.TemporaryDirectory() as tmp:
