@@ -23,17 +23,27 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+import numpy as np  # noqa: E402  (Ray reads the settings above)
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from scaling.config import load_config  # noqa: E402
+from scaling.data.stage import prepare_study_data  # noqa: E402
+from scaling.study import TRAIN_ENV  # noqa: E402
+from scaling.sweep.jobs import StudyJobs  # noqa: E402
+from scaling.sweep.ledger import Ledger  # noqa: E402
+from scaling.sweep.plan import finetune_points  # noqa: E402
+from scaling.sweep.search import METRIC, point_of  # noqa: E402
+from scaling.sweep.tune import concurrency, run_finetuning, trial_resources  # noqa: E402
+from scaling.track.progress import Progress  # noqa: E402
+from scaling.track.runs import StudyTracker  # noqa: E402
+from scaling.train.job import run_job  # noqa: E402
+
 SMOKE = Path(__file__).resolve().parent.parent / "studies" / "configs" / "smoke.yaml"
 
 
 def _grid(jobs, points, work: Path) -> list[tuple]:
     """(cell, last result) of each (point, lr), trained to the end of its budget (no scheduler)."""
-    from ray import tune
-
-    from scaling.sweep.search import point_of
-    from scaling.sweep.tune import trial_resources
-    from scaling.train.job import run_job
-
     cfg = jobs.cfg
     wd = math.sqrt(cfg.finetune.weight_decay_range[0] * cfg.finetune.weight_decay_range[1])
 
@@ -57,20 +67,6 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[30, 60])
     args = parser.parse_args()
 
-    import numpy as np
-    import ray
-
-    from scaling.config import load_config
-    from scaling.data.stage import prepare_study_data
-    from scaling.sweep.jobs import StudyJobs
-    from scaling.sweep.ledger import Ledger
-    from scaling.sweep.plan import finetune_points
-    from scaling.track.progress import Progress
-    from scaling.sweep.search import METRIC
-    from scaling.study import TRAIN_ENV
-    from scaling.sweep.tune import concurrency, run_finetuning
-    from scaling.track.tracking import StudyTracker
-
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     os.chdir(work)  # MLflow puts a SQLite store's artifacts under ./mlruns
     budgets = "[" + ", ".join(map(str, args.budgets)) + "]"
@@ -81,7 +77,7 @@ def main() -> None:
     jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(work / "checkpoints"), jobs_dir=str(work / "jobs"))
     tracker = StudyTracker(f"sqlite:///{work / 'mlflow.db'}", "bench-sweep", "bench-sweep")
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False, runtime_env={"env_vars": TRAIN_ENV})
-    concurrent = concurrency(cfg, ray.cluster_resources())
+    concurrent = concurrency(cfg.resources, cfg.sweep.max_concurrent_trials, ray.cluster_resources())
 
     points = finetune_points(cfg)
     progress.stage("sweep", len(points), concurrent, rank_by=METRIC)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -25,6 +26,15 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import torch  # noqa: E402  (Ray reads the settings above)
+
+from scaling.config import load_config  # noqa: E402
+from scaling.data.stage import prepare_study_data  # noqa: E402
+from scaling.sweep.jobs import StudyJobs  # noqa: E402
+from scaling.sweep.plan import SCRATCH, FinetunePoint, PretrainJob  # noqa: E402
+from scaling.train.job import export_weights, run_local  # noqa: E402
+from scaling.train.store import WEIGHTS_FILE, CheckpointStore  # noqa: E402
 
 
 def _sd(values: list[float]) -> float:
@@ -49,17 +59,6 @@ def main() -> None:
                                                    "pre-training checkpoints there are reused")
     args = parser.parse_args()
 
-    import logging
-
-    import torch
-
-    from scaling.config import load_config
-    from scaling.data.stage import prepare_study_data
-    from scaling.sweep.jobs import StudyJobs
-    from scaling.sweep.plan import SCRATCH, FinetunePoint, PretrainJob
-    from scaling.train.job import export_weights, run_local
-    from scaling.train.store import WEIGHTS_FILE, CheckpointStore
-
     torch.set_num_threads(1)
     import ray.train  # noqa: F401  (configures Ray's loggers, which are quietened next)
 
@@ -75,7 +74,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="calibrate-"))
     work.mkdir(parents=True, exist_ok=True)
     data = prepare_study_data(cfg)
-    jobs = StudyJobs(cfg, data, store_dir=str(work / "checkpoints"), jobs_dir=str(work / "jobs"))
+    jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(work / "checkpoints"), jobs_dir=str(work / "jobs"))
     store = CheckpointStore(jobs.store_dir)
     budget = cfg.finetune.budgets[0]
 

@@ -1,8 +1,10 @@
 """The study dashboard: one self-contained HTML file per study, ``<study>/dashboard.html``.
 
-Written at the end of every study and rebuilt with ``python -m dashboards build runs/<name>``. Altair (Vega-Lite)
-with the Vega bundle inlined by vl-convert: about 1 MB, interactive, rendered as SVG (headless browsers need no
-WebGL), no CDN. Plotly's inline page is about 4.8 MB; matplotlib figures cannot be filtered.
+Written at the end of every study run by ``studies/scaling_law.py``, which hands `build` to
+`scaling.study.run_study` as its dashboard hook (the library never imports this package), and rebuilt with
+``python -m dashboards build runs/<name>``. Altair (Vega-Lite) with the Vega bundle inlined by vl-convert: about
+1 MB, interactive, rendered as SVG (headless browsers need no WebGL), no CDN. Plotly's inline page is about 4.8 MB;
+matplotlib figures cannot be filtered.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dashboards import charts
 from dashboards.data import Study, StudyDirError, load_study
 from dashboards.page import render
 from scaling.analysis.grid import model_order
-from scaling.track.tracking import REOPEN_UI, TrackingServer
+from scaling.track.server import DB_FILE, reopen_command
 
 DASHBOARD = "dashboard.html"
 HYPER = ("lr", "weight_decay", "sample")
@@ -65,10 +67,8 @@ def _provenance(study: Study) -> str:
     commit = version.get("git_commit", "not recorded (no mlflow_runs.json)")
     packages = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in version.items() if k.startswith("version."))
     mlflow = study.runs.get("parent_link")
-    db = study.path / "mlflow.db"
-    command = TrackingServer(study.path, study.path / "logs", port=int(REOPEN_UI.rsplit(":", 1)[1])).reopen_command()
-    reopen = f"reopen the study's MLflow store (the links' address) with <code>{html.escape(command)}</code>" \
-        if db.exists() else ""
+    reopen = f"reopen the study's MLflow store (the links' address) with " \
+        f"<code>{html.escape(reopen_command(study.path))}</code>" if (study.path / DB_FILE).exists() else ""
     ended = study.results[study.results["status"] != "finished"] if len(study.results) else study.results
     if len(ended):
         cols = [c for c in ("trial", "status", "source", "model", "pretrain_size", "budget", "shots") if c in ended]

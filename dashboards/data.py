@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-RUN_INDEX = "mlflow_runs.json"
+from scaling.track.runs import RUN_INDEX
 
 
 class StudyDirError(ValueError):

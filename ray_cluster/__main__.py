@@ -4,12 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ray_cluster.allocation import Allocation, AllocationError, check_allocation
+from ray_cluster.in_job import StartupError, check_ports, wait_for, wait_for_nodes
+from ray_cluster.job_script import JobRequest, check_time
 from ray_cluster.sites import DEFAULT_PORTS, SITES
+from ray_cluster.slurm import SlurmError
+from ray_cluster.study_jobs import StudyBusyError, study_status, submit_study, write_job_script
+from scaling.config import ConfigError, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,12 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except Exception as e:  # one line for the errors this tool expects, a traceback for the others
-        from ray_cluster.allocation import AllocationError
-        from ray_cluster.in_job import StartupError
-        from ray_cluster.slurm import SlurmError
-        from ray_cluster.study_jobs import StudyBusyError
-        from scaling.config import ConfigError
-
         if isinstance(e, (AllocationError, ConfigError, ValueError)):
             print(f"ray_cluster: error: {e}", file=sys.stderr)
             return 2
@@ -35,13 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args) -> int:
-    import dataclasses
-
-    from ray_cluster.allocation import Allocation, check_allocation
-    from ray_cluster.job_script import JobRequest, check_time
-    from ray_cluster.study_jobs import submit_study, write_job_script
-    from scaling.config import load_config
-
     account = args.account or os.environ.get("SBATCH_ACCOUNT", "")
     if not account:
         raise ValueError("no account given: pass --account PROJECT (on JUWELS the compute project that pays for the "
@@ -80,35 +75,22 @@ def _submit(args) -> int:
 
 
 def _status(args) -> int:
-    from ray_cluster.study_jobs import study_status
-    from scaling.config import load_config
-
     study_dir = Path(args.out) if args.out else load_config(args.config).study_dir
     print(study_status(study_dir.resolve()))
     return 0
 
 
 def _check_ports(args) -> int:
-    from ray_cluster.in_job import check_ports
-
     check_ports(args.node, dict(args.ports))
     return 0
 
 
 def _wait_for(args) -> int:
-    from ray_cluster.in_job import wait_for
-
     wait_for(args.target, args.what, args.timeout, args.watch, args.logs)
     return 0
 
 
 def _wait_nodes(args) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ray_cluster.allocation import Allocation, check_allocation
-    from ray_cluster.in_job import wait_for_nodes
-    from scaling.config import load_config
-
     # reading the config imports torch (seconds): overlap it with the nodes' start
     with ThreadPoolExecutor(1) as pool:
         config = pool.submit(load_config, args.config, args.override)

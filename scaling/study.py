@@ -1,10 +1,15 @@
-"""One whole study: data -> pre-training -> fine-tuning sweep -> results -> fits and figures -> summary.
+"""One whole study, one function per stage, in the order they run: data -> study directory -> tracking -> Ray ->
+pre-training -> fine-tuning sweep -> results -> trust (predictions, saliency) -> analysis -> dashboard -> summary.
 
 Stopping and resuming: SIGUSR1 or SIGTERM ends the current stage cleanly (Tune ends its trials, every
 Train run keeps its last checkpoint, the ledger and MLflow keep what ended) and the study exits with
 EXIT_RESUMABLE; running the same command again continues where it stopped. A driver killed outright
 (SIGKILL) resumes the same way, from the last checkpoints and the ledger. The study's own MLflow server, if it
-dies, is started again by the study (scaling/track/tracking.py, `TrackingServer`).
+dies, is started again by the study (scaling/track/server.py, `TrackingServer`).
+
+The dashboard belongs to the application: `run_study` calls the `dashboard` hook it is given (studies/
+scaling_law.py passes `dashboards.build`) with the study directory, once the results, fits and the index of the
+MLflow runs are written.
 """
 from __future__ import annotations
 
@@ -15,26 +20,47 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
+import optuna
+import pandas as pd
+import ray
 import yaml
 
-from scaling import config as config_mod
-from scaling.sweep.ledger import Ledger
-from scaling.sweep.plan import finetune_points, pretrain_jobs
+from scaling.analysis import analyse, describe_fits, describe_transfer, findings_table, saliency
+from scaling.analysis.results import best_per_cell, results_table, write_table
+from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
+from scaling.config import PROJECT_ROOT, ConfigError, StudyConfig, to_dict
+from scaling.data.stage import StudyData, prepare_study_data
+from scaling.files import publish_file
+from scaling.sweep.jobs import StudyJobs, check_target_sizes
+from scaling.sweep.ledger import ENDED, Ledger
+from scaling.sweep.plan import FinetunePoint, finetune_points, pretrain_jobs
+from scaling.sweep.search import METRIC
+from scaling.sweep.tune import concurrency, run_finetuning, run_pretraining
 from scaling.track.progress import Progress
+from scaling.track.runs import RUN_INDEX, StudyTracker, code_version
+from scaling.track.server import REOPEN_UI, TrackingServer, reopen_command
+from scaling.train.outputs import collect_predictions
+from scaling.train.store import CheckpointStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATA, EXIT_RESUMABLE = 0, 1, 2, 3, 75
 #: for the Ray processes of a study. Train's controller looks at its workers every 2 s by default, so a job that
 #: has ended was noticed ~1 s late, for every job of a sweep. Train's preemption watcher (one more actor process
 #: per job) follows Ray's node draining, which Slurm allocations and local clusters do not use.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+#: how many times each Tune stage of the study was started, by stage: a resumed sweep is a new Tune experiment
+ATTEMPTS_FILE = "attempts.json"
+
+#: writes a study's dashboard from its directory and returns the page (the application's `dashboards.build`)
+DashboardHook = Callable[[Path], Path]
 
 
 class StudyStopped(Exception):
     """A stop was requested (SIGUSR1 / SIGTERM); the study can be resumed."""
 
 
-class _StopRequests:
+class StopRequests:
     """SIGUSR1 and SIGTERM request a clean stop. While a Tune stage runs, Tune's own SIGUSR1 (and SIGINT)
     handler ends it gracefully, leaving unfinished jobs in the ledgers; SIGTERM is forwarded as SIGUSR1 (ray.init
     installs a SIGTERM handler that aborts, so ours are installed again after it and after every stage)."""
@@ -58,70 +84,35 @@ class _StopRequests:
             raise StudyStopped()
 
 
-def config_hash(cfg) -> str:
-    return hashlib.sha256(json.dumps(config_mod.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_study_dir(cfg, study_dir: Path) -> None:
-    """ConfigError when `study_dir` already holds a study run with another configuration (a resume must match)."""
-    stamp = study_dir / "study.json"
-    if stamp.exists():
-        known, digest = json.loads(stamp.read_text()), config_hash(cfg)
-        if known["config_hash"] != digest:
-            raise config_mod.ConfigError(
-                f"{study_dir} holds study {known['name']!r} run with another configuration "
-                f"(hash {known['config_hash']}, now {digest}); resume it with the same config and overrides, "
-                f"or choose another --out")
-
-
-def prepare_study_dir(cfg, study_dir: Path) -> None:
-    """Create the study directory, or check that an existing one holds this very study (a resume)."""
-    check_study_dir(cfg, study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "logs").mkdir(exist_ok=True)
-    stamp = study_dir / "study.json"
-    if not stamp.exists():
-        stamp.write_text(json.dumps({"name": cfg.name, "config_hash": config_hash(cfg), "created": time.time()}))
-        (study_dir / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
-
-
-def run_study(cfg, *, out: str | None = None, address: str | None = None, tracking_uri: str | None = None) -> int:
-    import optuna
-
-    from scaling.data.stage import prepare_study_data
-    from scaling.sweep.jobs import check_target_sizes
-
+def run_study(cfg: StudyConfig, *, out: str | None = None, address: str | None = None,
+              tracking_uri: str | None = None, dashboard: DashboardHook | None = None) -> int:
+    """Run, or resume, the study `cfg` in `out` (default: `cfg.study_dir`) on the Ray cluster at `address`
+    (default: $RAY_ADDRESS, else a local one), logging to the MLflow server at `tracking_uri` (default:
+    `tracking.uri`, else a server the study starts on its directory). `dashboard` writes the dashboard; without
+    it none is written. Returns an EXIT_* code."""
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     study_dir = Path(out or cfg.study_dir).resolve()
     check_study_dir(cfg, study_dir)  # bad data or sizes below leave no study directory behind
-    stops = _StopRequests()
+    stops = StopRequests()
     progress = Progress()
     progress.say(f"study {cfg.name!r} in {study_dir}")
-    data = prepare_study_data(cfg, log=progress.say)
-    check_target_sizes(cfg, data)
+    data = data_stage(cfg, progress)
     prepare_study_dir(cfg, study_dir)
     stops.check()
 
-    from scaling.track import tracking
-
     server = None
     if not (tracking_uri or cfg.tracking.uri):
-        server = tracking.TrackingServer(study_dir, study_dir / "logs").start()
+        server = TrackingServer(study_dir, study_dir / "logs").start()
         progress.say(f"MLflow server at {server.uri} (SQLite {server.db})")
-    uri = tracking_uri or cfg.tracking.uri or server.uri
     connected = False
     try:
-        tracker = tracking.StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name,
-                                        ui=tracking.REOPEN_UI if server else None)
-        tracker.log_study(config_mod.to_dict(cfg), tracking.code_version(config_mod.PROJECT_ROOT))
-        tracker.log_metrics(tracker.parent_id, {f"leakage_{role}_{k}": v for role, counts in data.leakage.items()
-                                                for k, v in counts.items()}, step=0)
-        _start_ray(address, study_dir / "logs")
+        tracker = tracking_stage(cfg, data, tracking_uri or cfg.tracking.uri or server.uri, own_server=bool(server))
+        start_ray(address, study_dir / "logs")
         connected = True
         stops.install()
-        status = _train_and_analyse(cfg, data, study_dir, tracker, progress, stops)
+        status = run_stages(cfg, data, study_dir, tracker, progress, stops, dashboard)
         tracker.close("FINISHED" if status == EXIT_OK else "FAILED")
         return status
     except StudyStopped:
@@ -129,21 +120,90 @@ def run_study(cfg, *, out: str | None = None, address: str | None = None, tracki
         return EXIT_RESUMABLE
     finally:
         if connected:  # stops a local cluster; only disconnects from a joined one
-            import ray
-
             ray.shutdown()
         if server:
             server.stop()
             if server.restarts:
                 progress.say(f"the MLflow server died and was started again {server.restarts} time(s); "
                              f"see {server.log_path}")
-            progress.say(f"MLflow server stopped; browse the runs again with:\n  {server.reopen_command()}")
+            progress.say(f"MLflow server stopped; browse the runs again with:\n  {reopen_command(study_dir)}")
 
 
-def _start_ray(address: str | None, log_dir: Path) -> None:
+def run_stages(cfg: StudyConfig, data: StudyData, study_dir: Path, tracker: StudyTracker, progress: Progress,
+               stops: StopRequests, dashboard: DashboardHook | None) -> int:
+    """The stages on Ray, from pre-training to the summary; EXIT_FAILED when a job did not finish."""
+    jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"), jobs_dir=str(study_dir / "jobs"))
+    concurrent = concurrency(cfg.resources, cfg.sweep.max_concurrent_trials, ray.cluster_resources())
+    pretrain = pretrain_stage(jobs, study_dir, concurrent, tracker, progress, stops)
+    if pretrain is None:
+        return EXIT_FAILED
+    points = finetune_points(cfg)
+    trials = finetune_stage(jobs, points, study_dir, concurrent, tracker, progress, stops)
+    table = results_table(trials, cfg.pretrain, cfg.finetune.recipe)
+    table = trust_stage(table, data, cfg, study_dir, tracker, progress)
+    paths = write_table(table, study_dir)
+    progress.say(f"results: {len(table)} trials -> {paths[0]}")
+    report = analysis_stage(table, study_dir, cfg.seed, tracker, progress)
+    report["dashboard"] = dashboard_stage(study_dir, tracker, dashboard)
+    log_outputs(tracker, study_dir, paths, report)
+    summary_stage(cfg, data, study_dir, table, report, concurrent, pretrain, trials, progress)
+    unfinished = len(points) - sum(e["status"] in ENDED for e in trials.values())
+    if unfinished:
+        progress.say(f"{unfinished} trials did not finish (failed or interrupted); run the same command again "
+                     "to retry them")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ the stages
+
+
+def data_stage(cfg: StudyConfig, progress: Progress) -> StudyData:
+    """Every dataset staged into shards, checked against the sizes the grid asks of the target."""
+    data = prepare_study_data(cfg, log=progress.say)
+    check_target_sizes(cfg, data)
+    return data
+
+
+def config_hash(cfg: StudyConfig) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_study_dir(cfg: StudyConfig, study_dir: Path) -> None:
+    """ConfigError when `study_dir` already holds a study run with another configuration (a resume must match)."""
+    stamp = study_dir / "study.json"
+    if stamp.exists():
+        known, digest = json.loads(stamp.read_text()), config_hash(cfg)
+        if known["config_hash"] != digest:
+            raise ConfigError(
+                f"{study_dir} holds study {known['name']!r} run with another configuration "
+                f"(hash {known['config_hash']}, now {digest}); resume it with the same config and overrides, "
+                f"or choose another --out")
+
+
+def prepare_study_dir(cfg: StudyConfig, study_dir: Path) -> None:
+    """Create the study directory, or check that an existing one holds this very study (a resume)."""
+    check_study_dir(cfg, study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "logs").mkdir(exist_ok=True)
+    stamp = study_dir / "study.json"
+    if not stamp.exists():
+        stamp.write_text(json.dumps({"name": cfg.name, "config_hash": config_hash(cfg), "created": time.time()}))
+        (study_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def tracking_stage(cfg: StudyConfig, data: StudyData, uri: str, own_server: bool) -> StudyTracker:
+    """The study's parent run, with its config, code version and the leakage guard's counts. `own_server`: the
+    runs live in the study directory's store, browsed later at REOPEN_UI (see `reopen_command`)."""
+    tracker = StudyTracker(uri, cfg.tracking.experiment or cfg.name, cfg.name, ui=REOPEN_UI if own_server else None)
+    tracker.log_study(to_dict(cfg), code_version(PROJECT_ROOT))
+    tracker.log_metrics(tracker.parent_id, {f"leakage_{role}_{k}": v for role, counts in data.leakage.items()
+                                            for k, v in counts.items()}, step=0)
+    return tracker
+
+
+def start_ray(address: str | None, log_dir: Path) -> None:
     """Join the cluster at `address` / RAY_ADDRESS, or start a local one. Ray's own messages go to a file."""
-    import ray
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0 the old reporter prints nothing; the new one always does
@@ -155,10 +215,10 @@ def _start_ray(address: str | None, log_dir: Path) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     context = ray.init(address=address, log_to_driver=False, configure_logging=False,
                        runtime_env={"env_vars": TRAIN_ENV}, **({} if address else {"num_cpus": os.cpu_count()}))
-    _link_ray_logs(Path(context.address_info["session_dir"]) / "logs", log_dir)
+    link_ray_logs(Path(context.address_info["session_dir"]) / "logs", log_dir)
 
 
-def _link_ray_logs(session_logs: Path, log_dir: Path) -> None:
+def link_ray_logs(session_logs: Path, log_dir: Path) -> None:
     """`<study>/logs/ray` points at this run's Ray session logs (worker, raylet and Train controller logs of the
     driver's node). Ray keeps them under its temp dir, whose socket paths must stay short, so they are linked,
     not moved; a resumed study's earlier session stays reachable as `ray-<session>`."""
@@ -172,106 +232,106 @@ def _link_ray_logs(session_logs: Path, log_dir: Path) -> None:
         link.symlink_to(session_logs)
 
 
-def _train_and_analyse(cfg, data, study_dir: Path, tracker, progress: Progress, stops: _StopRequests) -> int:
-    import ray
-
-    from scaling.sweep import tune as sweep
-    from scaling.analysis import analyse
-    from scaling.sweep.jobs import StudyJobs
-    from scaling.sweep.ledger import ENDED
-    from scaling.analysis.results import results_table, write_table
-    from scaling.sweep.search import METRIC
-    from scaling.train.store import CheckpointStore
-
-    jobs = StudyJobs(cfg=cfg, data=data, store_dir=str(study_dir / "checkpoints"), jobs_dir=str(study_dir / "jobs"))
-    concurrent = sweep.concurrency(cfg, ray.cluster_resources())
+def pretrain_stage(jobs: StudyJobs, study_dir: Path, concurrent: int, tracker: StudyTracker, progress: Progress,
+                   stops: StopRequests) -> dict[str, dict] | None:
+    """Every pre-training checkpoint the grid needs, wave by wave, built unless stored intact; returns the
+    pre-training ledger's entries, or None (having said why) when a job failed or diverged."""
+    ledger = Ledger(study_dir / "pretrain")
     store = CheckpointStore(jobs.store_dir)
-
-    pretrain_ledger = Ledger(study_dir / "pretrain")
-    for wave in pretrain_jobs(cfg):
+    for wave in pretrain_jobs(jobs.cfg):
         todo = [j for j in wave if not store.intact(jobs.pretrain_key(j))]  # a corrupted entry: built again
         progress.stage("pretrain", len(todo), concurrent)
         if todo:
-            sweep.run_pretraining(jobs, todo, concurrent, tracker, progress, pretrain_ledger)
+            run_pretraining(jobs, todo, concurrent, tracker, progress, ledger)
         missing = [j.name for j in wave if not store.exists(jobs.pretrain_key(j))]
-        failed = {name: pretrain_ledger.get(name).get("error", "") for name in missing
-                  if pretrain_ledger.get(name).get("status") in ("failed", "diverged")}
+        failed = {name: ledger.get(name).get("error", "") for name in missing
+                  if ledger.get(name).get("status") in ("failed", "diverged")}
         stops.check(interrupted=len(failed) < len(missing))
         if failed:
             progress.say(f"pre-training failed for {'; '.join(f'{n} ({e})' for n, e in failed.items())}; see "
                          f"{study_dir / 'logs'}; run the same command again to retry")
-            return EXIT_FAILED
+            return None
+    return ledger.entries()
 
+
+def finetune_stage(jobs: StudyJobs, points: list[FinetunePoint], study_dir: Path, concurrent: int,
+                   tracker: StudyTracker, progress: Progress, stops: StopRequests) -> dict[str, dict]:
+    """The fine-tuning sweep over the grid `points` that have not ended; returns the trial ledger's entries of
+    `points`."""
     ledger = Ledger(study_dir / "trials")
-    points = finetune_points(cfg)
     ended = {name for name, e in ledger.entries().items() if e["status"] in ENDED}
     pending = [p for p in points if p.name not in ended]
     progress.stage("finetune", len(pending), concurrent, rank_by=METRIC)
     if pending:
-        attempt = len(list((study_dir / "tune").glob("finetune-*"))) if (study_dir / "tune").exists() else 0
-        sweep.run_finetuning(jobs, pending, ledger, concurrent, tracker, progress, attempt, study_dir / "optuna.db")
+        run_finetuning(jobs, pending, ledger, concurrent, tracker, progress, count_attempt(study_dir, "finetune"),
+                       study_dir / "optuna.db")
     stops.check(interrupted=any(ledger.get(p.name).get("status") not in (*ENDED, "failed") for p in pending))
-
-    entries = {name: e for name, e in ledger.entries().items() if name in {p.name for p in points}}
-    table = results_table(entries, cfg)
-    table = _trust_stage(cfg, data, study_dir, table, tracker, progress)
-    paths = write_table(table, study_dir)
-    progress.say(f"results: {len(table)} trials -> {paths[0]}")
-    report = analyse(table, study_dir, cfg.seed, progress.say)
-    report["figures"] += _trust_figures(table, study_dir, cfg.seed, tracker, progress)
-    report["dashboard"] = _write_dashboard(study_dir, tracker)
-    tracker.log_files([p for p in [*paths, *(study_dir / n for n in ("fits.json", "findings.json", "dashboard.html"))]
-                       if p.exists()])
-    tracker.log_files([Path(p) for p in report["figures"]], "figures")
-    unfinished = len(points) - sum(e["status"] in ENDED for e in entries.values())
-    summary = _summary(cfg, study_dir, table, report, concurrent, Ledger(study_dir / "pretrain").entries(), entries)
-    summary["leakage"] = data.leakage  # per source: near-duplicates of target val/test images, images removed
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    _print_summary(summary, report, progress)
-    if unfinished:
-        progress.say(f"{unfinished} trials did not finish (failed or interrupted); run the same command again "
-                     "to retry them")
-        return EXIT_FAILED
-    return EXIT_OK
+    names = {p.name for p in points}
+    return {name: e for name, e in ledger.entries().items() if name in names}
 
 
-def _trust_stage(cfg, data, study_dir: Path, table, tracker, progress: Progress):
+def count_attempt(study_dir: Path, stage: str) -> int:
+    """How many times `stage` was started before in this study (0 the first time), counting this start in
+    attempts.json: it numbers the stage's Tune experiments (`<stage>-<n>`)."""
+    path = study_dir / ATTEMPTS_FILE
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    publish_file(path, json.dumps({**counts, stage: counts.get(stage, 0) + 1}).encode())
+    return counts.get(stage, 0)
+
+
+def trust_stage(table: pd.DataFrame, data: StudyData, cfg: StudyConfig, study_dir: Path, tracker: StudyTracker,
+                progress: Progress) -> pd.DataFrame:
     """The finished trials' test predictions copied out of their jobs (predictions/<trial>.npz), and the saliency
     of the tuned trial per cell, joined to the results table as saliency_* columns."""
-    from scaling.evaluate import saliency
-    from scaling.analysis.results import best_per_cell
-    from scaling.train.outputs import collect_predictions
-
     finished = table.loc[table["status"] == "finished", "trial"].tolist() if len(table) else []
     collect_predictions(study_dir / "jobs", finished, study_dir / "predictions")
     best = best_per_cell(table)
     if best.empty:
         return table
-    return table.join(saliency.run_stage(best, cfg, data, study_dir, tracker, progress.say), on="trial")
+    return table.join(saliency.run_stage(best, data.target, cfg.data.target, cfg.models.ladder, cfg.seed,
+                                         study_dir, tracker, progress.say), on="trial")
 
 
-def _trust_figures(table, study_dir: Path, seed: int, tracker, progress: Progress) -> list[str]:
-    """Reliability diagrams and the laws of calibration error and localisation (figures/, trust_fits.json)."""
-    from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
-
+def analysis_stage(table: pd.DataFrame, study_dir: Path, seed: int, tracker: StudyTracker,
+                   progress: Progress) -> dict:
+    """Laws, effective data, findings and figures (`scaling.analysis.analyse`), then the trust figures and
+    fits: reliability diagrams and the laws of calibration error and localisation (trust_fits.json)."""
+    report = analyse(table, study_dir, seed, progress.say)
     figures = trust_figures(table, study_dir, seed)
     if figures:
         tracker.log_files([study_dir / FITS_FILE])
         progress.say("trust of the tuned models on test (ECE before / after temperature T; seed-mean AUC against "
                      "the seeds' ensemble; pointing game against the lesion-area baseline):\n"
                      + trust_table(table).to_string(index=False, float_format="%.3f"))
-    return [str(p) for p in figures]
+    report["figures"] += [str(p) for p in figures]
+    return report
 
 
-def _write_dashboard(study_dir: Path, tracker) -> str:
-    """The run ids the dashboard links to, then the dashboard itself."""
-    import dashboards
-
-    (study_dir / "mlflow_runs.json").write_text(json.dumps(tracker.run_index(), indent=1))
-    return str(dashboards.build(study_dir))
+def dashboard_stage(study_dir: Path, tracker: StudyTracker, dashboard: DashboardHook | None) -> str | None:
+    """The index of the study's MLflow runs (the dashboard's links), then the dashboard when a hook is given."""
+    (study_dir / RUN_INDEX).write_text(json.dumps(tracker.run_index(), indent=1))
+    return str(dashboard(study_dir)) if dashboard else None
 
 
-def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrain: dict, trials: dict) -> dict:
+def log_outputs(tracker: StudyTracker, study_dir: Path, tables: list[Path], report: dict) -> None:
+    """The study's outputs as artifacts of its parent run: results tables, fits, findings, dashboard, figures."""
+    files = [*tables, study_dir / "fits.json", study_dir / "findings.json",
+             *([Path(report["dashboard"])] if report["dashboard"] else [])]
+    tracker.log_files([p for p in files if p.exists()])
+    tracker.log_files([Path(p) for p in report["figures"]], "figures")
+
+
+def summary_stage(cfg: StudyConfig, data: StudyData, study_dir: Path, table: pd.DataFrame, report: dict,
+                  concurrent: int, pretrain: dict, trials: dict, progress: Progress) -> None:
+    """summary.json, and the summary printed at the end of the study."""
+    summary = study_summary(cfg, study_dir, table, report, concurrent, pretrain, trials)
+    summary["leakage"] = data.leakage  # per source: near-duplicates of target val/test images, images removed
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print_summary(summary, report, progress)
+
+
+def study_summary(cfg: StudyConfig, study_dir: Path, table: pd.DataFrame, report: dict, concurrent: int,
+                  pretrain: dict, trials: dict) -> dict:
     """What ran, where it went, and how much of the training stages' wall time (first job start to last job
     end, over every attempt of a resumed study) went into training and evaluation steps."""
     jobs = [e for e in [*pretrain.values(), *trials.values()] if "ended_at" in e and "metrics" in e]
@@ -291,9 +351,7 @@ def _summary(cfg, study_dir: Path, table, report: dict, concurrent: int, pretrai
     }
 
 
-def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
-    from scaling.analysis import describe_fits, describe_transfer, findings_table
-
+def print_summary(summary: dict, report: dict, progress: Progress) -> None:
     if "table" in report:
         table = report["table"].to_string(index=False, float_format="%.3f")
         progress.say(f"tuned test ROC-AUC (mean over seeds, sd between them):\n{table}")
@@ -310,5 +368,6 @@ def _print_summary(summary: dict, report: dict, progress: Progress) -> None:
         progress.say(f"time: {summary['wall_seconds']:.0f} s for training stages; train+eval steps "
                      f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
                      f"about {summary['overhead_seconds_per_job']} s overhead per job")
+    dashboard = f"\ndashboard: {summary['dashboard']}" if summary["dashboard"] else ""
     progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, findings.json, figures/, "
-                 f"summary.json)\ndashboard: {summary['dashboard']}")
+                 f"summary.json){dashboard}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import dashboards
 from scaling.config import DEFAULT_CONFIG, ConfigError, load_config, override_help
 from scaling.data.base import DataError
 from scaling.files import NoSpace
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        return run_study(cfg, out=args.out, address=args.address, tracking_uri=args.tracking_uri)
+        return run_study(cfg, out=args.out, address=args.address, tracking_uri=args.tracking_uri,
+                         dashboard=dashboards.build)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -21,7 +21,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from scaling.track import tracking
+from scaling.track.runs import JOB_TAG, KIND_TAG, StudyTracker
+from scaling.track.server import TrackingServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "studies" / "scaling_law.py"
@@ -46,12 +47,12 @@ def _mlflow_runs(study_dir: Path) -> dict[str, dict]:
     found = {}
     for experiment in client.search_experiments():
         for run in client.search_runs([experiment.experiment_id], max_results=1000):
-            job = run.data.tags.get(tracking.JOB_TAG, run.data.tags.get(tracking.KIND_TAG))
+            job = run.data.tags.get(JOB_TAG, run.data.tags.get(KIND_TAG))
             assert job not in found, f"two live MLflow runs for {job}"
             metrics = {k: v for k, v in run.data.metrics.items() if not k.endswith(VARYING)}
             history = {(k, m.step) for k in run.data.metrics for m in client.get_metric_history(run.info.run_id, k)}
             found[job] = {"name": run.info.run_name, "status": run.info.status, "params": run.data.params,
-                          "kind": run.data.tags.get(tracking.KIND_TAG), "metrics": metrics, "history": history}
+                          "kind": run.data.tags.get(KIND_TAG), "metrics": metrics, "history": history}
     return found
 
 
@@ -235,16 +236,16 @@ def test_three_driver_kills_then_a_rerun_equal_an_uninterrupted_study(faulted):
 
 def test_a_killed_tracking_server_is_restarted_without_losing_a_run(tmp_path):
     """The server alone: killed with SIGKILL between two writes, the next write waits for its restart."""
-    server = tracking.TrackingServer(tmp_path, tmp_path / "logs").start()
+    server = TrackingServer(tmp_path, tmp_path / "logs").start()
     try:
-        tracker = tracking.StudyTracker(server.uri, "faults", "faults")
+        tracker = StudyTracker(server.uri, "faults", "faults")
         run = tracker.child("job-a", "finetune", {"lr": 0.1})
         tracker.log_metrics(run, {"val_roc_auc": 0.5}, step=10)
         old = server.process.pid
         _kill_group(old)
         tracker.log_metrics(run, {"val_roc_auc": 0.75}, step=20)  # blocks in MLflow's retries until the restart
         assert server.restarts == 1 and server.process.pid != old and _server_pid(tmp_path) == server.process.pid
-        again = tracking.StudyTracker(server.uri, "faults", "faults")  # a resumed driver finds the same runs
+        again = StudyTracker(server.uri, "faults", "faults")  # a resumed driver finds the same runs
         assert again.child("job-a", "finetune", {"lr": 0.1}) == run and again.parent_id == tracker.parent_id
         history = again.client.get_metric_history(run, "val_roc_auc")
         assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (20, 0.75)]

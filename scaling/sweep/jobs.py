@@ -2,16 +2,20 @@
 
 For each: the training spec the loop runs (`JobSpec`: data indices, recipe, seeds, starting weights), and for
 pre-training its content address in the checkpoint store and the weights file later jobs start from. Knows
-nothing of Ray: the sweep (sweep.py) runs these jobs, the driver (study.py) asks here which ones are stored.
+nothing of Ray: the sweep (tune.py) runs these jobs, the driver (study.py) asks here which ones are stored.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from scaling import models
+from scaling.config import ConfigError, StudyConfig
+from scaling.data.stage import StudyData
 from scaling.data.subsets import n_shot, nested_subset
 from scaling.sweep.plan import BOTH, FinetunePoint, PretrainJob, natural_stage, published_point
 from scaling.train.loop import CHECKPOINT_FORMAT, JobSpec
+from scaling.train.store import WEIGHTS_FILE, CheckpointStore, key_for
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,8 @@ class StudyJobs:
     """The jobs of one study: its config, its prepared data and where checkpoints and job folders live.
     Picklable: shipped to every Tune trial."""
 
-    cfg: object  # scaling.config.StudyConfig
-    data: object  # scaling.data.stage.StudyData
+    cfg: StudyConfig
+    data: StudyData
     store_dir: str
     jobs_dir: str
 
@@ -34,8 +38,6 @@ class StudyJobs:
         """The content address of a pre-training checkpoint: the model (rung name and what builds it, so a
         changed ladder never loads stale weights under an old key), the checkpoint format, data, subset, seed,
         recipe and start."""
-        from scaling import models
-
         cfg = self.cfg
         if published_point(cfg, job) is not None:  # not trained: addressed by the weights file it resolved to
             return {"ladder": cfg.models.ladder, "model": job.model, "published": self.pretrained_weights(job)}
@@ -48,14 +50,10 @@ class StudyJobs:
         return parts
 
     def pretrain_key(self, job: PretrainJob) -> str:
-        from scaling.train.store import key_for
-
         return key_for(**self.pretrain_parts(job))
 
     def pretrained_weights(self, job: PretrainJob) -> str:
         """The weights file of a pre-training job's store entry (which may not be built yet)."""
-        from scaling.train.store import WEIGHTS_FILE, CheckpointStore
-
         if published_point(self.cfg, job) is not None:
             return self.data.weights[(job.source, job.size, job.model)]
         return str(CheckpointStore(self.store_dir).path(self.pretrain_key(job)) / WEIGHTS_FILE)
@@ -101,11 +99,9 @@ class StudyJobs:
                        tags={"job": point.name})
 
 
-def check_target_sizes(cfg, data) -> None:
+def check_target_sizes(cfg: StudyConfig, data: StudyData) -> None:
     """`sweep.scratch_target_sizes` and `data.shots` must fit the target's training split, known once the data is
     staged: checked on the driver, before a trial would fail on them inside a worker."""
-    from scaling.config import ConfigError
-
     available = len(data.target.train)
     for i, size in enumerate(cfg.sweep.scratch_target_sizes):
         if size > available:
@@ -138,9 +134,8 @@ def rung_definition(rung) -> dict:
     return {"arch": rung.arch, "kwargs": plain(dict(rung.kwargs)), "patch": rung.patch}
 
 
-def model_params(cfg, model: str) -> dict:
-    """Size and compute of a rung for the MLflow params and the results table."""
-    from scaling import models
-
-    rung = models.rung(cfg.models.ladder, model)
-    return {"params": models.params(rung), "flops_per_image": models.flops_per_image(rung, cfg.data.resolution)}
+def model_params(ladder: str, model: str, resolution: int) -> dict:
+    """Size and compute of a rung of `ladder` at the input `resolution`, for the MLflow params and the results
+    table."""
+    rung = models.rung(ladder, model)
+    return {"params": models.params(rung), "flops_per_image": models.flops_per_image(rung, resolution)}

@@ -3,14 +3,15 @@ driver when the trial starts (its hyper-parameters) and when it ends (status and
 
 It is what makes a study resumable and its results complete: a restarted sweep reads it to skip ended
 trials and to restart interrupted ones with the hyper-parameters they began with, and the results table is
-built from it. Each write replaces the file atomically, so a killed driver leaves either the old or the new
-record, never half of one.
+built from it. Each write replaces the file atomically and syncs it (`scaling.files.publish_file`), so a killed
+driver, or a crashed node, leaves either the old or the new record, never half of one.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from scaling.files import publish_file
 
 #: statuses of trials that are not run again (a diverged trial, seeded, would diverge again)
 ENDED = ("finished", "stopped", "diverged")
@@ -30,9 +31,7 @@ class Ledger:
 
     def update(self, name: str, **fields) -> dict:
         entry = {**self.get(name), **fields}
-        tmp = self._path(name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry, indent=1, sort_keys=True, default=float))
-        os.replace(tmp, self._path(name))
+        publish_file(self._path(name), json.dumps(entry, indent=1, sort_keys=True, default=float).encode())
         return entry
 
     def entries(self) -> dict[str, dict]:

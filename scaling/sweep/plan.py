@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, replace
 
-from scaling.config import BOTH, SCRATCH, has_own_data
+from scaling.config import BOTH, SCRATCH, PublishedWeights, StudyConfig, has_own_data
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class FinetunePoint:
         return asdict(self)
 
 
-def finetune_points(cfg) -> list[FinetunePoint]:
+def finetune_points(cfg: StudyConfig) -> list[FinetunePoint]:
     """Every point of model x source x pre-training size x budget x shots x sample; from-scratch points have
     pre-training size 0, and on the full target split (shots 0) come also at each of
     `sweep.scratch_target_sizes`."""
@@ -79,7 +79,7 @@ def finetune_points(cfg) -> list[FinetunePoint]:
                                               p.target_subset))
 
 
-def pretrain_jobs(cfg) -> list[list[PretrainJob]]:
+def pretrain_jobs(cfg: StudyConfig) -> list[list[PretrainJob]]:
     """The unique pre-training jobs the grid needs, in waves: a "both" job starts from its natural job,
     so it runs in the wave after it."""
     jobs = {p.pretrain(cfg.seed) for p in finetune_points(cfg) if p.source != SCRATCH}
@@ -90,7 +90,7 @@ def pretrain_jobs(cfg) -> list[list[PretrainJob]]:
     return [sorted(w, key=order) for w in (first, second) if w]
 
 
-def pretrain_sizes(cfg, source: str) -> list[int]:
+def pretrain_sizes(cfg: StudyConfig, source: str) -> list[int]:
     """The data-size axis of a source: the study's own nested subsets (`data.source_sizes`, when the source has
     images of its own) and its published points; "both" takes the medical sizes; scratch is [0]."""
     if source == SCRATCH:
@@ -101,18 +101,18 @@ def pretrain_sizes(cfg, source: str) -> list[int]:
     return sorted([*(cfg.data.source_sizes if has_own_data(ref) else []), *(p.images for p in ref.published)])
 
 
-def all_pretrain_sizes(cfg) -> list[int]:
+def all_pretrain_sizes(cfg: StudyConfig) -> list[int]:
     """Every pre-training size of the grid (0 for scratch included)."""
     return sorted({0} | {n for source in cfg.sweep.sources for n in pretrain_sizes(cfg, source)})
 
 
-def published_point(cfg, job: PretrainJob):
-    """The published weights (scaling.config.PublishedWeights) a job stands for, or None when it is trained."""
+def published_point(cfg: StudyConfig, job: PretrainJob) -> PublishedWeights | None:
+    """The published weights a job stands for, or None when it is trained."""
     ref = cfg.data.sources.get(job.source)
     return next((p for p in ref.published if p.images == job.size), None) if ref is not None else None
 
 
-def natural_stage(cfg, job: PretrainJob) -> PretrainJob:
+def natural_stage(cfg: StudyConfig, job: PretrainJob) -> PretrainJob:
     """The natural job a "both" job starts from: the published point `sweep.both_from`, else the study's own
     natural pre-training at the same size."""
     if cfg.sweep.both_from:

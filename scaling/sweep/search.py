@@ -25,9 +25,11 @@ import zlib
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from scaling.config import StudyConfig
 from scaling.sweep.ledger import ENDED
 from scaling.sweep.plan import FinetunePoint, all_pretrain_sizes
 from scaling.train.faults import DIVERGED_STEP
@@ -49,7 +51,7 @@ class GridSpace:
     hyper-parameters as log-uniform ranges (the learning rate's depends on the source: see
     `FinetuneConfig.lr_range_for`). A class, not a closure, so Tune can pickle the searcher."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: StudyConfig):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
                         "pretrain_size": all_pretrain_sizes(cfg), "budget": list(cfg.finetune.budgets),
                         "shots": list(cfg.data.shots),
@@ -74,7 +76,7 @@ class GridSpace:
             trial.suggest_float(name, low, high, log=True)
 
 
-def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str):
+def make_searcher(cfg: StudyConfig, pending: list[FinetunePoint], ledger: dict, storage: str):
     """OptunaSearch over `GridSpace` on the Optuna study in `storage` (an RDB URL), made to agree with the
     ledger first, so that the study holds each grid point once and asks exactly for the `pending` ones:
 
@@ -84,8 +86,6 @@ def make_searcher(cfg, pending: list[FinetunePoint], ledger: dict, storage: str)
     - a pending point without a WAITING trial is enqueued (with the ledger's hyper-parameters if it started);
     - an ended point the study does not know (e.g. optuna.db removed) is added with its result.
     What it cannot undo: a trial that failed stays in the study as FAIL beside its retry."""
-    from optuna.trial import TrialState
-
     space = GridSpace(cfg)
     if cfg.sweep.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)

@@ -24,13 +24,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ray.tune import Callback
+from ray import tune
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, ResourcesConfig
 from scaling.sweep.jobs import StudyJobs, model_params
+from scaling.sweep.ledger import Ledger
 from scaling.sweep.plan import FinetunePoint, PretrainJob
 from scaling.sweep.search import METRIC, PerCellASHA, make_searcher, point_of
+from scaling.track.progress import Progress
+from scaling.track.runs import StudyTracker
 from scaling.train.faults import DIVERGED_STEP, describe_divergence
+from scaling.train.job import divergence, export_weights, run_job
+from scaling.train.store import WEIGHTS_FILE, CheckpointStore
 
 
 class ClusterTooSmall(ConfigError):
@@ -41,9 +46,9 @@ class PretrainDiverged(RuntimeError):
     """A pre-training job's loss stopped being finite: there is no checkpoint to store."""
 
 
-def concurrency(cfg, cluster: dict) -> int:
-    """How many jobs run at once: the configured limit, bounded by what the cluster can place."""
-    res = cfg.resources
+def concurrency(res: ResourcesConfig, max_concurrent: int, cluster: dict) -> int:
+    """How many jobs run at once: the configured limit (`sweep.max_concurrent_trials`), bounded by what the
+    cluster (`ray.cluster_resources()`) can place."""
     workers = max(1, res.num_workers)  # num_workers 0: the job trains in its trial, which holds one worker's share
     fits = [cluster.get("CPU", 0) // (workers * res.cpus_per_worker)]
     if res.use_gpu:
@@ -54,7 +59,7 @@ def concurrency(cfg, cluster: dict) -> int:
             f" and {res.gpus_per_worker} GPU" if res.use_gpu else "")
         raise ClusterTooSmall(f"resources: one job needs {need}, but the Ray cluster has "
                               f"{cluster.get('CPU', 0):g} CPU and {cluster.get('GPU', 0):g} GPU")
-    return min(n, cfg.sweep.max_concurrent_trials)
+    return min(n, max_concurrent)
 
 
 # ------------------------------------------------------------------------------------------- trials
@@ -62,9 +67,6 @@ def concurrency(cfg, cluster: dict) -> int:
 
 def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
     """A Tune trial: the pre-training checkpoint of one job, built through the store unless it exists."""
-    from scaling.train.job import divergence, export_weights, run_job
-    from scaling.train.store import WEIGHTS_FILE, CheckpointStore
-
     job = PretrainJob(**config["job"])
 
     def build(tmp: Path) -> None:
@@ -80,8 +82,6 @@ def pretrain_trial(config: dict, jobs: StudyJobs) -> None:
 
 def finetune_trial(config: dict, jobs: StudyJobs) -> None:
     """A Tune trial: one fine-tuning (or from-scratch) job at one grid point with sampled hyper-parameters."""
-    from scaling.train.job import run_job
-
     point = point_of(config)
     run_job(jobs.finetune_spec(point, config["lr"], config["weight_decay"]), name=point.name,
             storage_path=jobs.jobs_dir, resources=jobs.cfg.resources, tune=True)
@@ -90,11 +90,12 @@ def finetune_trial(config: dict, jobs: StudyJobs) -> None:
 # ------------------------------------------------------------------------------------------- running
 
 
-class StudyCallback(Callback):
+class StudyCallback(tune.Callback):
     """Driver-side Tune callback: MLflow child runs, the trial ledger and the live progress view, all from
     the one process that sees every trial."""
 
-    def __init__(self, kind: str, tracker, progress, ledger=None, describe=None):
+    def __init__(self, kind: str, tracker: StudyTracker, progress: Progress, ledger: Ledger | None = None,
+                 describe=None):
         self.kind, self.tracker, self.progress, self.ledger = kind, tracker, progress, ledger
         #: trial config -> (job name, MLflow params)
         self.describe = describe
@@ -159,8 +160,6 @@ def error_line(trace: str | None) -> str:
 
 
 def _tuner(trainable, jobs: StudyJobs, name: str, tune_config, callbacks, param_space=None):
-    from ray import tune
-
     # Trial actors are reused (reuse_actors in the TuneConfigs): a new trial then skips a process start and
     # its imports.
     return tune.Tuner(
@@ -172,7 +171,7 @@ def _tuner(trainable, jobs: StudyJobs, name: str, tune_config, callbacks, param_
     )
 
 
-def trial_resources(res) -> dict:
+def trial_resources(res: ResourcesConfig) -> dict:
     """What a Tune trial reserves. A job in the trial's process (num_workers 0) needs one worker's share; a
     trial that only waits on its TorchTrainer, whose workers hold the resources, reserves no CPU (and one byte
     of memory, because Tune refuses an empty reservation)."""
@@ -181,14 +180,15 @@ def trial_resources(res) -> dict:
     return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
 
 
-def run_pretraining(jobs: StudyJobs, wave: list[PretrainJob], concurrent: int, tracker, progress, ledger
-                    ) -> None:
-    from ray import tune
+def run_pretraining(jobs: StudyJobs, wave: list[PretrainJob], concurrent: int, tracker: StudyTracker,
+                    progress: Progress, ledger: Ledger) -> None:
+    """One wave of pre-training jobs, one Tune trial each."""
+    cfg = jobs.cfg
 
     def describe(config):
         job = PretrainJob(**config["job"])
-        return job.name, {**config["job"], **model_params(jobs.cfg, job.model),
-                          "recipe": asdict(jobs.cfg.pretrain)}
+        return job.name, {**config["job"], **model_params(cfg.models.ladder, job.model, cfg.data.resolution),
+                          "recipe": asdict(cfg.pretrain)}
 
     callback = StudyCallback("pretrain", tracker, progress, ledger=ledger, describe=describe)
     _tuner(pretrain_trial, jobs, f"pretrain-{wave[0].source}",
@@ -196,18 +196,17 @@ def run_pretraining(jobs: StudyJobs, wave: list[PretrainJob], concurrent: int, t
            [callback], param_space={"job": tune.grid_search([asdict(j) for j in wave])}).fit()
 
 
-def run_finetuning(jobs: StudyJobs, pending: list[FinetunePoint], ledger, concurrent: int, tracker, progress,
-                   attempt: int, optuna_db: Path) -> None:
-    """The fine-tuning sweep over `pending` points; the Optuna study lives in the SQLite file `optuna_db`."""
-    from ray import tune
-
+def run_finetuning(jobs: StudyJobs, pending: list[FinetunePoint], ledger: Ledger, concurrent: int,
+                   tracker: StudyTracker, progress: Progress, attempt: int, optuna_db: Path) -> None:
+    """The fine-tuning sweep over `pending` points as Tune experiment `finetune-<attempt>` (a resumed sweep is
+    a new experiment); the Optuna study lives in the SQLite file `optuna_db`."""
     cfg = jobs.cfg
 
     def describe(config):
         point = point_of(config)
         return point.name, {**point.as_dict(), "lr": config["lr"], "weight_decay": config["weight_decay"],
                             "target_size": len(jobs.finetune_train(point)), "seeds": list(cfg.sweep.seeds),
-                            **model_params(cfg, point.model)}
+                            **model_params(cfg.models.ladder, point.model, cfg.data.resolution)}
 
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(cfg, pending, ledger.entries(), f"sqlite:///{Path(optuna_db).resolve()}"),

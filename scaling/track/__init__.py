@@ -1,1 +1,2 @@
-"""Tracking: the study's MLflow server and runs (the only code that talks to MLflow), and live progress."""
+"""Tracking a study (the only code that talks to MLflow): its own MLflow server (server), its runs (runs), and
+the live progress view (progress)."""

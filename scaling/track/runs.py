@@ -1,32 +1,23 @@
-"""MLflow: the study's tracking server, its parent run, and one child run per training job.
+"""MLflow runs of a study: its parent run and one child run per training job, and the code version they ran.
 
-The only module that talks to MLflow. All logging happens in the study driver (never in Train workers), so
+The only module that talks to MLflow's API. All logging happens in the study driver (never in Train workers), so
 one process writes to the tracking server and concurrent trials can neither lose nor duplicate a run. Runs are
 found again by tags (`scaling.study`, `scaling.job`), which is what makes a resumed study continue its runs
 instead of opening new ones.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 
 STUDY_TAG = "scaling.study"
 JOB_TAG = "scaling.job"
 KIND_TAG = "scaling.kind"
-#: where `TrackingServer.reopen_command` serves a finished study's runs: the links of its dashboard
-REOPEN_UI = "http://127.0.0.1:5000"
-#: how often the study's own server is looked at, and how many times one run of a study starts it again
-WATCH_INTERVAL_S = 1.0
-MAX_RESTARTS = 5
+#: the study directory's index of its runs (`StudyTracker.run_index`), read by the dashboard
+RUN_INDEX = "mlflow_runs.json"
 PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scaling")
 #: opens the experiment in MLflow's model-training view (runs table, charts); untagged, MLflow 3.17 shows its
 #: GenAI view ("Traces: 0")
@@ -38,127 +29,6 @@ TUNE_KEYS = frozenset({
     "hostname", "node_ip", "done", "trial_id", "experiment_tag", "iterations_since_restore",
     "timesteps_since_restore", "timesteps_total", "episodes_total", "episodes_this_iter", "should_checkpoint",
     "checkpoint_dir_name", "config"})
-
-
-class TrackingServer:
-    """An `mlflow server` process on 127.0.0.1 with a SQLite backend in the study directory."""
-
-    def __init__(self, study_dir: Path, log_dir: Path, port: int | None = None):
-        self.db = (study_dir / "mlflow.db").resolve()
-        self.artifacts = (study_dir / "mlartifacts").resolve()
-        self.port = port or _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / "mlflow-server.log"
-        self.process: subprocess.Popen | None = None
-        self.restarts = 0
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()  # a restart and stop() never overlap
-
-    def start(self, timeout: float = 120) -> TrackingServer:
-        self._launch(timeout)
-        self._watcher = threading.Thread(target=self._keep_alive, args=(timeout,), name="mlflow-server-watch",
-                                         daemon=True)
-        self._watcher.start()
-        return self
-
-    def _launch(self, timeout: float) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._stop_orphan()
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", self.artifacts.as_uri(),
-                   "--workers", "1"]
-        # the server's job runner (a dozen huey consumers, ~2 GB) serves GenAI features a study does not use
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env=env)
-        self.pid_path.write_text(str(self.process.pid))
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self._end(self.process)
-        raise RuntimeError(f"mlflow server did not answer on {self.uri} within {timeout:.0f} s; see {self.log_path}")
-
-    def _keep_alive(self, timeout: float) -> None:
-        """A server that dies mid-study (killed, out of memory) is started again on the same port and SQLite
-        file. Chosen over buffering and backfilling from the ledgers: the ledgers hold only each trial's final
-        metrics, while a restart loses nothing. Everything the server committed is in SQLite; a call in flight is
-        retried by MLflow's client (connection errors, with backoff, for about two minutes), which bridges the
-        restart, and a retried write cannot duplicate anything: metrics are deduplicated by MLflow, params
-        are idempotent, and `StudyTracker` removes a run created twice. After MAX_RESTARTS the server is left
-        down, and MLflow's own connection error ends the study."""
-        while not self._stopping.wait(WATCH_INTERVAL_S):
-            with self._lock:
-                if self._stopping.is_set() or self.process.poll() is None:
-                    continue
-                if self.restarts >= MAX_RESTARTS:
-                    return
-                self.restarts += 1
-                with open(self.log_path, "a") as log:
-                    log.write(f"\n[scaling] mlflow server exited with code {self.process.returncode}; "
-                              f"restart {self.restarts} of {MAX_RESTARTS}\n")
-                try:
-                    self._launch(timeout)
-                except RuntimeError:
-                    continue  # the next look tries again, up to MAX_RESTARTS
-
-    @property
-    def pid_path(self) -> Path:
-        return self.log_path.with_suffix(".pid")
-
-    def _stop_orphan(self) -> None:
-        """A driver killed outright leaves its server running: end it before starting this study's again.
-        The server leads its own process group; only a group still running mlflow is ended."""
-        try:
-            group = int(self.pid_path.read_text())
-        except (OSError, ValueError):
-            return
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group and \
-                        b"mlflow" in (stat.parent / "cmdline").read_bytes():
-                    os.killpg(group, 9)
-                    return
-            except (OSError, ValueError, IndexError):
-                continue
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with self._lock:
-            if self.process is None:
-                return
-            if self.process.poll() is None:
-                self._end(self.process)
-            else:  # died on its own: its children may still hold the port
-                self._stop_orphan()
-            self.pid_path.unlink(missing_ok=True)
-
-    @staticmethod
-    def _end(process: subprocess.Popen) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)  # the server runs gunicorn/uvicorn children: end the whole group
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-    def reopen_command(self) -> str:
-        return (f"mlflow ui --port {REOPEN_UI.rsplit(':', 1)[1]} --backend-store-uri sqlite:///{self.db} "
-                f"--artifacts-destination {self.artifacts.as_uri()}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def code_version(root: Path) -> dict[str, str]:
