@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import dashboards
 from scaling.config import DEFAULT_CONFIG, ConfigError, load_config, override_help
 from scaling.data.base import DataError
 from scaling.files import NoSpace
-from scaling.study import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, run_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="log to this MLflow server (default: start one in the study dir)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = parser.parse_args(argv)
+    # the study and the dashboard load torch, Ray, Optuna and Altair (seconds): --help answers without them
+    import dashboards
+    from scaling.study import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, run_study
+
     try:
         cfg = load_config(args.config, args.overrides)
         return run_study(cfg, out=args.out, address=args.address, tracking_uri=args.tracking_uri,

@@ -19,7 +19,7 @@ from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
 from scaling.train.faults import DIVERGED_IN, DIVERGED_STEP, DIVERGED_VALUE
 from scaling.train.job import run_local
-from scaling.train.loop import JobSpec
+from scaling.train.spec import JobSpec
 from test_study import CONFIGS, runs, study
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from scaling.config import ConfigError, StudyConfig
 from scaling.data.stage import StudyData
 from scaling.data.subsets import n_shot, nested_subset
 from scaling.sweep.plan import BOTH, FinetunePoint, PretrainJob, natural_stage, published_point
-from scaling.train.loop import CHECKPOINT_FORMAT, JobSpec
+from scaling.train.spec import CHECKPOINT_FORMAT, JobSpec
 from scaling.train.store import WEIGHTS_FILE, CheckpointStore, key_for
 
 

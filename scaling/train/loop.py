@@ -35,8 +35,6 @@ from scaling.train.batches import StepBatches
 from scaling.train.replicas import Replica, build_replica, resume, save, unwrap
 from scaling.train.session import TrainSession
 from scaling.train.spec import PREDICTIONS_FILE, JobSpec
-# transitional, for scaling/sweep/jobs.py until it imports CHECKPOINT_FORMAT from scaling.train.spec
-from scaling.train.spec import CHECKPOINT_FORMAT  # noqa: F401
 
 
 @dataclass(frozen=True)
