@@ -25,7 +25,7 @@ from scaling.data.stage import PreparedSet
 from scaling.evaluate.saliency import grad_cam, localisation
 from scaling.train.augment import prepare_images
 from scaling.train.outputs import final_state
-from scaling.train.replicas import create_model
+from scaling.train.replicas import model_for_shards
 
 #: test images per trial: the first positives of the test split, the same for every trial
 N_IMAGES = 8
@@ -100,7 +100,7 @@ def _masks(target_ref: DatasetRef, target: PreparedSet, rows: np.ndarray, side: 
 
 def _model(ladder: str, name: str, target: PreparedSet, weights: dict) -> torch.nn.Module:
     """The trained model `name` of one seed, from its final weights."""
-    model = create_model(ladder, name, target.shards.task.num_outputs, target.shards.preprocess.resolution)
+    model = model_for_shards(ladder, name, target.shards.task.num_outputs, target.shards.preprocess.resolution)
     model.load_state_dict(weights)
     return model
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scaling.data.shards import ShardDataset, ShardSet
 from scaling.data.subsets import balanced_sampler_weights
 from scaling.evaluate.metrics import METRICS
-from scaling.evaluate.replicas import final_evaluation, replica_metrics
+from scaling.evaluate.job_metrics import final_evaluation, replica_metrics
 from scaling.train import faults, memory
 from scaling.train.augment import crop_size, prepare_images
 from scaling.train.batches import StepBatches
@@ -159,7 +159,7 @@ def train_step(worker: Worker, replicas: list[Replica], batches, state: LoopStat
 
 def evaluate(worker: Worker, replicas: list[Replica], state: LoopState, divergence: faults.Divergence) -> dict:
     """Validation metrics of the replicas at `state.step` (at the last step also the test split's, see
-    scaling.evaluate.replicas), reported with a checkpoint; a divergence found instead is reported as such."""
+    scaling.evaluate.job_metrics), reported with a checkpoint; a divergence found instead is reported as such."""
     started = time.perf_counter()
     val = [logits_and_targets(r.model, worker.val_set, worker) for r in replicas]
     if found := divergence.check(worker.world, state.step, [z for z, _ in val]):

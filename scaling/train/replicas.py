@@ -30,8 +30,8 @@ class Replica:
     loss: torch.Tensor | float = float("nan")
 
 
-def create_model(ladder: str, name: str, num_outputs: int, resolution: int, pretrained: str | None = None
-                 ) -> torch.nn.Module:
+def model_for_shards(ladder: str, name: str, num_outputs: int, resolution: int,
+                     pretrained: str | None = None) -> torch.nn.Module:
     """The rung `name` with a head of `num_outputs`, sized (when it has patches) to the crop it is fed of
     `resolution` images; from the weights file `pretrained` when given."""
     patch = models.rung(ladder, name).patch
@@ -43,7 +43,7 @@ def build_replica(spec: JobSpec, seed: int, num_outputs: int, resolution: int, s
     """Seed `seed`'s model (from `spec.init` when given: its head kept only when it fits, and always replaced by
     a zero-initialised one for fine-tuning, as BiT does), placed by `session`, with its optimizer."""
     torch.manual_seed(seed)
-    model = create_model(spec.ladder, spec.model, num_outputs, resolution, pretrained=spec.init)
+    model = model_for_shards(spec.ladder, spec.model, num_outputs, resolution, pretrained=spec.init)
     if spec.init is not None and spec.kind == "finetune":
         models.new_head(model, num_outputs, zero_init=True)
     apply_checkpointing(model, spec.recipe)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 #: the full training state of every seed (models, optimizers, schedulers) and the step, in every checkpoint
 STATE_FILE = "state.pt"
 #: per-image test probabilities of every seed, written beside STATE_FILE at the final evaluation
-#: (see scaling.evaluate.replicas.final_evaluation)
+#: (see scaling.evaluate.job_metrics.final_evaluation)
 PREDICTIONS_FILE = "predictions.npz"
 #: version of the state the loop saves and `export_weights` stores; part of every checkpoint-store key, so
 #: bumping it after a change of format makes weights of the old one unreachable instead of misread
