@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-import scaling.data.shards.build as shards_build
+import scaling.data.shards.layout as shards_layout
 from scaling.data.base import DataError
 from scaling.data.preprocess import Preprocess, preprocess_image
 from scaling.data.shards import ShardDataset, ShardSet, prepare_shards, shard_key, shard_path
@@ -237,7 +237,7 @@ def test_dataset_rejects_out_of_range_indices(tmp_path):
 
 
 def test_row_groups_that_do_not_divide_shards_are_located(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards_build, "GROUP_BYTES", 3 * 16 * 16)  # 3 images of 16x16 uint8 per row group
+    monkeypatch.setattr(shards_layout, "GROUP_BYTES", 3 * 16 * 16)  # 3 images of 16x16 uint8 per row group
     dataset = TinyDataset(n=21)
     shards = prepare_shards(dataset, Preprocess(16), tmp_path, rows_per_shard=8)
     assert (shards.rows_per_group, len(shards.files)) == (3, 3)

@@ -11,6 +11,7 @@ from annotated_types import Ge
 from scaling.config.schema import (ConfigError, DatasetRef, ModelsConfig, PublishedWeights, StudyConfig, coerce,
                                    has_own_data)
 from scaling.data import registry
+from scaling.data.encoding import encoding_problem
 
 
 def validate(cfg: StudyConfig) -> None:
@@ -21,6 +22,8 @@ def validate(cfg: StudyConfig) -> None:
     if not target.dataset or target.merge or target.published:
         raise ConfigError("data.target: expected one dataset (data.target.dataset), not a merged or published source")
     _validate_dataset("data.target", target)
+    if problem := encoding_problem(cfg.data.encoding, cfg.data.storage):
+        raise ConfigError(f"data.encoding: {problem}")
     for role, ref in cfg.data.sources.items():
         if role not in ("natural", "medical"):
             raise ConfigError(f"data.sources.{role}: unknown source role; expected natural or medical")

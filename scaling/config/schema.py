@@ -88,7 +88,8 @@ class DataConfig:
     crop: Literal["center", "none"] = "center"
     clahe: StrictBool = False
     storage: Literal["uint8", "uint16"] = "uint8"
-    encoding: Literal["raw", "png"] = "raw"
+    #: raw, png, jpeg:Q or webp:Q (quality Q 1-100; checked, with storage, by checks.validate)
+    encoding: StrictStr = "raw"
     #: pre-training data sizes (images); nested subsets of each source's train split
     source_sizes: Annotated[list[Annotated[StrictInt, Ge(1)]], MinLen(1)] = field(default_factory=lambda: [1000])
     #: fine-tuning examples per class; 0 = the full target train split

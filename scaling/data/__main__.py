@@ -30,7 +30,8 @@ from scaling.config import DataConfig, coerce, has_own_data, load_config
 from scaling.data import registry
 from scaling.data.base import SPLITS, DataError, Dataset, describe
 from scaling.data.merged import MergedDataset
-from scaling.data.preprocess import CROPS, ENCODINGS, STORAGES, Preprocess
+from scaling.data.encoding import EXPECTED as ENCODINGS_EXPECTED
+from scaling.data.preprocess import CROPS, STORAGES, Preprocess
 from scaling.data.shards import BAD_IMAGE_POLICIES, prepare_shards
 from scaling.data.stage import open_source
 
@@ -81,8 +82,9 @@ def _build_parser() -> argparse.ArgumentParser:
     prepare_cmd.add_argument("--crop", choices=CROPS, default="center", help="center: central square first")
     prepare_cmd.add_argument("--clahe", action="store_true", help="adaptive histogram equalisation")
     prepare_cmd.add_argument("--storage", choices=STORAGES, default="uint8", help="stored pixel type")
-    prepare_cmd.add_argument("--encoding", choices=ENCODINGS, default="raw",
-                             help="raw pixels (small sets) or PNG bytes (large sets)")
+    prepare_cmd.add_argument("--encoding", default="raw",
+                             help=f"{ENCODINGS_EXPECTED}: raw pixels (small sets), PNG (large X-ray sets), JPEG or WebP "
+                                  "(natural images at scale); default %(default)s")
     prepare_cmd.add_argument("--cache", default=_default_cache_dir(), metavar="DIR",
                              help="shard cache folder (default: the study config's default, %(default)s)")
     prepare_cmd.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",

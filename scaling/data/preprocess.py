@@ -1,23 +1,21 @@
 """Image preprocessing applied once when shards are built: X-ray centre crop, resize, optional CLAHE,
-quantisation to the storage dtype, and the optional PNG encoding of the stored pixels.
+quantisation to the storage dtype (how the stored pixels become bytes: `scaling.data.encoding`).
 
 Pixel values are scaled by the range of the input dtype (uint8 / 255, uint16 / 65535), the convention
 torchxrayvision uses; datasets whose 16-bit files use fewer bits rescale in their own `load`.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
 from skimage import exposure, transform, util
 
 from scaling.data.base import DataError
+from scaling.data.encoding import encoding_problem
 
 CROPS = ("center", "none")
 STORAGES = ("uint8", "uint16")
-ENCODINGS = ("raw", "png")
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,8 @@ class Preprocess:
     clahe:      contrast-limited adaptive histogram equalisation after resizing.
     storage:    "uint8" or "uint16" stored pixels.
     encoding:   "raw" stores the pixel array's bytes (fast to read, for small sets); "png" stores lossless
-                PNG bytes decoded in loader workers (compact, for large sets).
+                PNG bytes decoded in loader workers (compact, for large sets of X-rays); "jpeg:Q" / "webp:Q"
+                lossy 8-bit bytes at quality Q (natural images at scale). See `scaling.data.encoding`.
     """
 
     resolution: int
@@ -43,10 +42,12 @@ class Preprocess:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)) \
                 or self.resolution < 1:
             raise ValueError(f"Preprocess.resolution must be a positive int, got {self.resolution!r}")
-        for field, value, allowed in (("crop", self.crop, CROPS), ("storage", self.storage, STORAGES),
-                                      ("encoding", self.encoding, ENCODINGS)):
+        for field, value, allowed in (("crop", self.crop, CROPS), ("storage", self.storage, STORAGES)):
             if value not in allowed:
                 raise ValueError(f"Preprocess.{field} must be one of {allowed}, got {value!r}")
+        problem = encoding_problem(self.encoding, self.storage)
+        if problem:
+            raise ValueError(f"Preprocess.encoding: {problem}")
         if not isinstance(self.clahe, bool):
             raise ValueError(f"Preprocess.clahe must be a bool, got {self.clahe!r}")
 
@@ -98,16 +99,3 @@ def preprocess_image(image: np.ndarray, preprocess: Preprocess, channels: int, s
         pixels = exposure.equalize_adapthist(np.clip(pixels, 0.0, 1.0))
     pixels = np.clip(pixels, 0.0, 1.0)
     return util.img_as_ubyte(pixels) if preprocess.storage == "uint8" else util.img_as_uint(pixels)
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a stored image (uint8 gray/RGB or uint16 gray)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes, dtype: np.dtype) -> np.ndarray:
-    """Inverse of `encode_png`: the stored image in `dtype`."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image, dtype=dtype)

@@ -22,13 +22,11 @@ import pyarrow as pa
 from scaling.data.base import RECORD_COLUMNS, SPLITS, DataError, Dataset
 from scaling.data.preprocess import Preprocess
 from scaling.data.shards.encode import stored_images
-from scaling.data.shards.layout import RECORDS, SHARD_FORMAT_VERSION, shard_path
+from scaling.data.shards.layout import RECORDS, SHARD_FORMAT_VERSION, group_rows, shard_path
 from scaling.data.shards.read import ShardSet, open_if_complete, read_manifest
 from scaling.data.shards.write import ShardWriter, write_records
 from scaling.files import LockFiles, publish, space_for, written
 
-#: target size of one Parquet row group: the unit a reader decodes and caches
-GROUP_BYTES = 4 << 20
 BAD_IMAGE_POLICIES = ("error", "skip")
 #: one JSON line per completed build, in the cache directory
 BUILDS = "builds.jsonl"
@@ -110,7 +108,7 @@ def _build(dataset: Dataset, preprocess: Preprocess, records: pd.DataFrame, fina
     shape = preprocess.stored_shape(dataset.channels)
     dtype = np.dtype(preprocess.storage)
     image_bytes = int(np.prod(shape)) * dtype.itemsize
-    rows_per_group = max(1, min(rows_per_shard, GROUP_BYTES // image_bytes))
+    rows_per_group = group_rows(image_bytes, rows_per_shard)
     raw = preprocess.encoding == "raw"
     tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     # raw pixels: their uncompressed size bounds the set; PNG: only what was written before the disk filled

@@ -38,11 +38,12 @@ class ShardDataset:
 
     Memory: when the selected images' stored bytes fit in `memory_bytes`, they are read into memory once,
     here in the constructing process; forked loader workers share those pages (spawned ones get a copy).
-    Larger selections are read lazily through a per-process LRU cache of row groups of about
-    `memory_bytes`; with lazy reading use `persistent_workers=True` so worker caches survive epochs.
-    PNG shards keep encoded bytes in memory and decode them in the loader workers. Items are converted a
-    batch at a time (`__getitems__`), so in-memory raw shards are fastest with `num_workers=0`: loader
-    workers then add only inter-process transfer (see benchmarks/bench_shards.py).
+    Larger selections are read batch by batch (`ShardReader.take`: each batch reads only the row groups of
+    its own images, about one image each at 256 px and up, so a random batch reads about the bytes it uses).
+    Both paths give the same pixels. Encoded shards (PNG, JPEG, WebP) are decoded in the loader workers. Items
+    are converted a batch at a time (`__getitems__`), so in-memory raw shards are fastest with
+    `num_workers=0`: loader workers then add only inter-process transfer (see benchmarks/bench_shards.py);
+    encoded or lazily read shards want loader workers (benchmarks/bench_loader.py).
     """
 
     def __init__(self, shards: ShardSet, indices: Sequence[int] | None = None, *, channels: int | None = None,
@@ -65,8 +66,8 @@ class ShardDataset:
         per_image = shards.stored_bytes / max(len(shards), 1)
         if shards.preprocess.encoding == "raw":
             per_image = int(np.prod(shards.shape)) * shards.dtype.itemsize
-        group_bytes = max(per_image * shards.rows_per_group, 1)
-        self._reader = ShardReader(shards, cache_groups=max(2, int(memory_bytes // group_bytes)))
+        self._reader = ShardReader(shards)
+        #: the selected images as stored (raw array or encoded BinaryArray), or None: read batch by batch
         self._preloaded = self._reader.take_stored(self.indices) \
             if per_image * len(self.indices) <= memory_bytes else None
 
@@ -92,11 +93,11 @@ class ShardDataset:
 
         positions = np.asarray(positions, dtype=np.int64)
         if self._preloaded is None:
-            pixels = np.stack([self._reader.image(int(index)) for index in self.indices[positions]])
+            pixels = self._reader.take(self.indices[positions])
         elif isinstance(self._preloaded, np.ndarray):
             pixels = self._preloaded[positions]
         else:
-            pixels = np.stack([self._reader.decode(self._preloaded[p]) for p in positions])
+            pixels = np.stack([self._reader.decode(self._preloaded[int(p)]) for p in positions])
         images = pixels_to_tensor(pixels, self.channels).unbind(0)
         if self.transform is not None:
             images = [self.transform(image) for image in images]

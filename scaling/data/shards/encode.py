@@ -1,5 +1,5 @@
-"""Dataset images turned into the bytes a shard stores (raw little-endian pixels or PNG), in this process or
-in a pool of processes."""
+"""Dataset images turned into the bytes a shard stores (raw little-endian pixels, or PNG/JPEG/WebP bytes), in
+this process or in a pool of processes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,7 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from scaling.data.base import DataError, Dataset
-from scaling.data.preprocess import Preprocess, encode_png, preprocess_image
+from scaling.data.encoding import encode_image
+from scaling.data.preprocess import Preprocess, preprocess_image
 
 
 def stored_bytes(dataset: Dataset, preprocess: Preprocess, key: str) -> bytes | DataError:
@@ -17,8 +18,8 @@ def stored_bytes(dataset: Dataset, preprocess: Preprocess, key: str) -> bytes | 
         pixels = preprocess_image(dataset.load(key), preprocess, dataset.channels, source=f"{dataset.name} {key}")
     except DataError as err:
         return err
-    if preprocess.encoding == "png":
-        return encode_png(pixels)
+    if preprocess.encoding != "raw":
+        return encode_image(pixels, preprocess.encoding)
     return np.ascontiguousarray(pixels, dtype=np.dtype(preprocess.storage).newbyteorder("<")).tobytes()
 
 

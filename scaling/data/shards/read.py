@@ -1,9 +1,8 @@
 """Reading a shard set: its manifest (complete, of this format, and optionally still matching its sha256),
-its records, and its stored images by row (`ShardReader`, torch-free random access with a per-process LRU
-cache of row groups)."""
+its records, and its stored images by row (`ShardReader`, torch-free random access that reads only the row
+groups of the rows asked for)."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaling.data.base import DataError, Task
-from scaling.data.preprocess import Preprocess, decode_png
+from scaling.data.encoding import decode_image
+from scaling.data.preprocess import Preprocess
 from scaling.data.shards.layout import RECORDS, SHARD_FORMAT_VERSION
 from scaling.files import MANIFEST, verify
 
@@ -40,7 +40,7 @@ class ShardSet:
     files: tuple[str, ...]
     rows_per_shard: int
     rows_per_group: int
-    #: total bytes of the shard files (encoded size for PNG)
+    #: total bytes of the shard files (the encoded size, except for raw pixels)
     stored_bytes: int
 
     @property
@@ -123,88 +123,99 @@ def _read_records(path: Path, task: Task) -> pd.DataFrame:
 class ShardReader:
     """Random access to the stored images of a shard set, without torch.
 
-    Reading goes by Parquet row group (a few MiB): a group is read from the memory-mapped file once and
-    kept in a per-process LRU cache of `cache_groups` groups, so neighbouring rows cost one read. File
-    handles and the cache are per process: they are dropped when the reader is pickled to a spawned worker,
-    and file handles are re-opened after a fork (an inherited handle must not be shared)."""
+    A read goes by Parquet row group, the smallest unit Parquet reads: `take` reads each row group that holds
+    a requested row once (all of one file's groups in one call) and nothing else, so with the small groups of
+    large images (`layout.GROUP_BYTES`) a random batch reads about the bytes of its own images. Nothing is
+    cached here (the OS's page cache is the cache). Files are read with plain positioned reads, not memory
+    maps: predictable on parallel file systems, and counted in /proc/self/io (benchmarks/bench_loader.py). File
+    handles are per process: dropped when the reader is pickled to a spawned worker, re-opened after a fork (an
+    inherited handle must not be shared)."""
 
-    def __init__(self, shards: ShardSet, cache_groups: int = 16):
+    def __init__(self, shards: ShardSet):
         self.shards = shards
-        self.cache_groups = max(1, int(cache_groups))
         self._reset()
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._files: dict[int, pq.ParquetFile] = {}
-        self._cached_group = functools.lru_cache(maxsize=self.cache_groups)(self._read_group)
 
     def __getstate__(self) -> dict:
-        return {"shards": self.shards, "cache_groups": self.cache_groups}
+        return {"shards": self.shards}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._reset()
 
-    def locate(self, index: int) -> tuple[int, int, int]:
-        """(file number, row group, row within the group) of a row id."""
-        if not 0 <= index < len(self.shards):
-            raise IndexError(f"row {index} out of range for a shard set of {len(self.shards)} images")
-        file_no, row = divmod(int(index), self.shards.rows_per_shard)
-        group, row = divmod(row, self.shards.rows_per_group)
+    def locate(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(file number, row group, row within the group) of each row id."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self.shards)):
+            bad = indices[(indices < 0) | (indices >= len(self.shards))][0]
+            raise IndexError(f"row {bad} out of range for a shard set of {len(self.shards)} images")
+        file_no, row = np.divmod(indices, self.shards.rows_per_shard)
+        group, row = np.divmod(row, self.shards.rows_per_group)
         return file_no, group, row
 
-    def _read_group(self, file_no: int, group: int) -> np.ndarray | pa.BinaryArray:
-        """A row group's images: an (n, *shape) array for raw encoding, a BinaryArray of PNGs otherwise."""
-        if os.getpid() != self._pid:  # forked: the parent's cached groups stay valid, its handles do not
-            self._pid, self._files = os.getpid(), {}
+    def _file(self, file_no: int) -> pq.ParquetFile:
+        if os.getpid() != self._pid:  # forked: the parent's handles must not be shared
+            self._reset()
         handle = self._files.get(file_no)
         if handle is None:
-            handle = pq.ParquetFile(self.shards.path / self.shards.files[file_no], memory_map=True)
+            handle = pq.ParquetFile(self.shards.path / self.shards.files[file_no])
             self._files[file_no] = handle
-        column = handle.read_row_group(group, columns=["image"]).column("image").combine_chunks()
-        if self.shards.preprocess.encoding == "png":
+        return handle
+
+    def _read_groups(self, file_no: int, groups: np.ndarray) -> np.ndarray | pa.BinaryArray:
+        """The images of row groups `groups` (ascending) of one file, concatenated: an (n, *shape) array for raw
+        encoding, a BinaryArray of encoded images otherwise."""
+        table = self._file(file_no).read_row_groups(groups.tolist(), columns=["image"], use_threads=False)
+        column = table.column("image").combine_chunks()
+        if self.shards.preprocess.encoding != "raw":
             return column
         width = column.type.byte_width
         data = np.frombuffer(column.buffers()[1], dtype=np.uint8, count=len(column) * width,
                              offset=column.offset * width)
         return data.view(self.shards.dtype).reshape(len(column), *self.shards.shape)
 
-    def stored(self, index: int) -> np.ndarray | bytes:
-        """One image as stored: the pixel array (raw) or its PNG bytes."""
-        file_no, group, row = self.locate(index)
-        images = self._cached_group(file_no, group)
-        return images[row] if isinstance(images, np.ndarray) else images[row].as_py()
-
-    def decode(self, stored: np.ndarray | bytes) -> np.ndarray:
-        return stored if isinstance(stored, np.ndarray) else decode_png(stored, self.shards.dtype)
-
-    def image(self, index: int) -> np.ndarray:
-        """One image's stored pixels, decoded."""
-        return self.decode(self.stored(index))
-
-    def take_stored(self, indices: Sequence[int]) -> np.ndarray | list[bytes]:
-        """Many images as stored, each row group read once (bypassing the cache): a dense array for raw
-        encoding, a list of PNG bytes otherwise."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        places = np.array([self.locate(i) for i in indices], dtype=np.int64).reshape(-1, 3)
+    def take_stored(self, indices: Sequence[int]) -> np.ndarray | pa.BinaryArray:
+        """Many images as stored, in the order asked: a dense array for raw encoding, a BinaryArray of encoded
+        images otherwise (`decode` one item of it)."""
+        file_no, group, row = self.locate(indices)
         raw = self.shards.preprocess.encoding == "raw"
-        out: np.ndarray | list = np.empty((len(indices), *self.shards.shape), self.shards.dtype) if raw \
-            else [b""] * len(indices)
-        for file_no, group in np.unique(places[:, :2], axis=0):
-            where = np.flatnonzero((places[:, 0] == file_no) & (places[:, 1] == group))
-            images = self._read_group(int(file_no), int(group))
+        out = np.empty((len(file_no), *self.shards.shape), self.shards.dtype) if raw else None
+        parts, order = [], []
+        for number in np.unique(file_no):
+            where = np.flatnonzero(file_no == number)
+            groups = np.unique(group[where])
+            images = self._read_groups(int(number), groups)
+            # a group's first row in the concatenation: groups before it are full (only a file's last is short)
+            rows = np.searchsorted(groups, group[where]) * self.shards.rows_per_group + row[where]
             if raw:
-                out[where] = images[places[where, 2]]
+                out[where] = images[rows]
             else:
-                for position in where:
-                    out[position] = images[int(places[position, 2])].as_py()
-        return out
+                parts.append(images.take(pa.array(rows)))
+                order.append(where)
+        if raw:
+            return out
+        if not parts:
+            return pa.array([], pa.binary())
+        # back from file order to the order asked
+        return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    def decode(self, stored: np.ndarray | pa.BinaryScalar | bytes) -> np.ndarray:
+        """One image's stored pixels from an item of `take_stored`."""
+        if isinstance(stored, np.ndarray):
+            return stored
+        if isinstance(stored, pa.BinaryScalar):
+            stored = stored.as_buffer()
+        return decode_image(stored, self.shards.channels, self.shards.dtype)
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """Many images' stored pixels, decoded and stacked."""
         stored = self.take_stored(indices)
         if isinstance(stored, np.ndarray):
             return stored
-        return np.stack([self.decode(item) for item in stored]) if stored else \
-            np.empty((0, *self.shards.shape), self.shards.dtype)
-
+        out = np.empty((len(stored), *self.shards.shape), self.shards.dtype)
+        for position, item in enumerate(stored):
+            out[position] = self.decode(item)
+        return out
