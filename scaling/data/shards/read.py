@@ -165,17 +165,16 @@ class ShardReader:
             self._files[file_no] = handle
         return handle
 
-    def _read_groups(self, file_no: int, groups: np.ndarray) -> np.ndarray | pa.BinaryArray:
-        """The images of row groups `groups` (ascending) of one file, concatenated: an (n, *shape) array for raw
-        encoding, a BinaryArray of encoded images otherwise."""
+    def _read_groups(self, file_no: int, groups: np.ndarray) -> pa.ChunkedArray:
+        """The stored images of row groups `groups` (ascending) of one file, in that order."""
         table = self._file(file_no).read_row_groups(groups.tolist(), columns=["image"], use_threads=False)
-        column = table.column("image").combine_chunks()
-        if self.shards.preprocess.encoding != "raw":
-            return column
-        width = column.type.byte_width
-        data = np.frombuffer(column.buffers()[1], dtype=np.uint8, count=len(column) * width,
-                             offset=column.offset * width)
-        return data.view(self.shards.dtype).reshape(len(column), *self.shards.shape)
+        return table.column("image")
+
+    def _pixels(self, chunk: pa.Array) -> np.ndarray:
+        """A chunk of raw images as an (n, *shape) array, without copying."""
+        width = chunk.type.byte_width
+        data = np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
+        return data.view(self.shards.dtype).reshape(len(chunk), *self.shards.shape)
 
     def take_stored(self, indices: Sequence[int]) -> np.ndarray | pa.BinaryArray:
         """Many images as stored, in the order asked: a dense array for raw encoding, a BinaryArray of encoded
@@ -188,13 +187,17 @@ class ShardReader:
             where = np.flatnonzero(file_no == number)
             groups = np.unique(group[where])
             images = self._read_groups(int(number), groups)
-            # a group's first row in the concatenation: groups before it are full (only a file's last is short)
+            # a row's place among the groups read: groups before it are full (only a file's last one is short)
             rows = np.searchsorted(groups, group[where]) * self.shards.rows_per_group + row[where]
-            if raw:
-                out[where] = images[rows]
-            else:
-                parts.append(images.take(pa.array(rows)))
+            if not raw:
+                parts.append(images.take(pa.array(rows)).combine_chunks())
                 order.append(where)
+                continue
+            first = 0
+            for chunk in images.chunks:  # straight into `out`: one copy of the pixels
+                inside = (rows >= first) & (rows < first + len(chunk))
+                out[where[inside]] = self._pixels(chunk)[rows[inside] - first]
+                first += len(chunk)
         if raw:
             return out
         if not parts:
