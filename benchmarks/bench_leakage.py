@@ -17,7 +17,7 @@ import tracemalloc
 import numpy as np
 
 from scaling.data.leakage import HASH_SIZE, dhash, near_duplicates
-from scaling.data.preprocess import decode_png, encode_png
+from scaling.data.encoding import decode_image, encode_image
 
 IMAGENET21K = 14_197_122
 
@@ -41,11 +41,11 @@ def main() -> None:
     args = parser.parse_args()
 
     images = smooth_images(args.images, args.side)
-    pngs = [encode_png(i) for i in images]
+    pngs = [encode_image(i, "png") for i in images]
     png_share = sum(map(len, pngs)) / images.nbytes
     started = time.perf_counter()
     for png in pngs:
-        decode_png(png, np.dtype(np.uint8))
+        decode_image(png, 1, np.dtype(np.uint8))
     decode_rate = len(pngs) / (time.perf_counter() - started)
     started = time.perf_counter()
     hashes = dhash(images)

@@ -88,8 +88,8 @@ class DataConfig:
     crop: Literal["center", "none"] = "center"
     clahe: StrictBool = False
     storage: Literal["uint8", "uint16"] = "uint8"
-    #: raw, png, jpeg:Q or webp:Q (quality Q 1-100; checked, with storage, by checks.validate)
-    encoding: StrictStr = "raw"
+    #: how shards store images; checked (with storage) by checks.validate: a pattern, not a Literal
+    encoding: StrictStr = field(default="raw", metadata={"help": "raw, png, jpeg:Q or webp:Q (quality Q 1-100)"})
     #: pre-training data sizes (images); nested subsets of each source's train split
     source_sizes: Annotated[list[Annotated[StrictInt, Ge(1)]], MinLen(1)] = field(default_factory=lambda: [1000])
     #: fine-tuning examples per class; 0 = the full target train split

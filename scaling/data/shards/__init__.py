@@ -4,7 +4,8 @@ Layout of one shard set, `cache_dir / f"{dataset.name}-{key}"` (key: content has
 fingerprint, the preprocessing and SHARD_FORMAT_VERSION; `layout`):
 
     records.parquet        index, split, key, patient, y (one row per stored image, in dataset order)
-    shard-00000.parquet    index, image (raw pixel bytes or PNG bytes); row groups of a few MiB
+    shard-00000.parquet    index, image (raw pixel bytes, or PNG/JPEG/WebP bytes); row groups of at most
+                           128 KiB of pixels (one image each at 512 px: `layout.group_rows`)
     ...
     manifest.json          written last: format, parameters, shapes, every file with its size and sha256,
                            skipped keys
@@ -25,7 +26,7 @@ made again. Workers opening a set (`ShardSet.open`) check only sizes: hashing te
 than the jobs. A full file system while building raises `scaling.files.NoSpace` naming the set and the space
 it needs, and leaves nothing at the final path.
 
-Reading (`read`): `ShardReader` (torch-free random access with a per-process LRU cache of row groups);
+Reading (`read`): `ShardReader` (torch-free random access that reads only the row groups of the rows asked);
 `dataset`: `ShardDataset` (the map-style torch dataset on top of it).
 """
 from scaling.data.preprocess import Preprocess
