@@ -5,7 +5,8 @@ and PNG; bytes read per image (counted by the kernel: /proc/self/io rchar). Then
 and decode cost per core at 224 and 512 px (OpenCV, which the loader uses, and Pillow), the cache size of the
 real configs, and the loader processes one A100 needs for R50x1 at 480 px.
 
-    python benchmarks/bench_loader.py [--n 3000] [--res 512] [--memory-mb 64] [--batches 16] [--batch 64]
+    python benchmarks/bench_loader.py [--n 3000] [--res 512] [--memory-mb 48] [--batches 10] [--rounds 3]
+                                      [--cache DIR]   # keep the built sets for the next run
 
 Images: chest phantoms of `synthetic-medical` (and `synthetic-natural` for colour), a few rendered and the set
 made of them shifted, flipped and with a little noise each (rendering all of them would take an hour here).
@@ -194,14 +195,15 @@ def loader_table(args, tmp: Path) -> dict:
     rows, rates = [], {}
     for encoding in ("raw", "png"):
         start = time.perf_counter()
-        shards = prepare_shards(dataset, Preprocess(args.res, encoding=encoding), tmp / "cache")
+        shards = prepare_shards(dataset, Preprocess(args.res, encoding=encoding), args.cache or tmp / "cache")
         built = time.perf_counter() - start
         old = with_old_groups(shards, tmp / f"old-{encoding}")
         per_image = shards.stored_bytes / len(shards)
         print(f"{encoding}: {args.n} images at {args.res} px built in {built:.0f} s; {shards.stored_bytes / 2**20:.0f} "
               f"MiB stored ({shards.stored_bytes / budget:.0f}x the loader's memory budget of {args.memory_mb} MiB); "
               f"row groups of {shards.rows_per_group} image(s), today {old.rows_per_group}", flush=True)
-        assert shards.stored_bytes >= 10 * budget, "the set must be at least 10x the loader's memory budget"
+        if shards.stored_bytes < 10 * budget:
+            raise SystemExit(f"the {encoding} set must be at least 10x the loader's memory budget: lower --memory-mb")
         variants = [("in memory", ShardDataset(shards, memory_bytes=1 << 40), None),
                     ("pure decoding", PureDecoding(shards, tensors=False), None),
                     (DECODE_BOUND, PureDecoding(shards, tensors=True), None),
@@ -310,10 +312,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--res", type=int, default=512)
-    parser.add_argument("--memory-mb", type=int, default=64, help="the lazy loader's memory budget")
-    parser.add_argument("--batches", type=int, default=12, help="timed batches per reader and round")
+    parser.add_argument("--memory-mb", type=int, default=48, help="the lazy loader's memory budget")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per reader and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best counts")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--cache", type=Path, help="shard cache to build in and reuse (default: a temporary one)")
     parser.add_argument("--skip-encodings", action="store_true", help="only the loader table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -67,7 +67,7 @@ class ShardDataset:
         if shards.preprocess.encoding == "raw":
             per_image = int(np.prod(shards.shape)) * shards.dtype.itemsize
         self._reader = ShardReader(shards)
-        #: the selected images as stored (raw array or encoded BinaryArray), or None: read batch by batch
+        #: the selected images as stored (raw array or encoded LargeBinaryArray), or None: read batch by batch
         self._preloaded = self._reader.take_stored(self.indices) \
             if per_image * len(self.indices) <= memory_bytes else None
 

@@ -176,9 +176,9 @@ class ShardReader:
         data = np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=len(chunk) * width, offset=chunk.offset * width)
         return data.view(self.shards.dtype).reshape(len(chunk), *self.shards.shape)
 
-    def take_stored(self, indices: Sequence[int]) -> np.ndarray | pa.BinaryArray:
-        """Many images as stored, in the order asked: a dense array for raw encoding, a BinaryArray of encoded
-        images otherwise (`decode` one item of it)."""
+    def take_stored(self, indices: Sequence[int]) -> np.ndarray | pa.LargeBinaryArray:
+        """Many images as stored, in the order asked: a dense array for raw encoding, a LargeBinaryArray of
+        encoded images otherwise (`decode` one item of it)."""
         file_no, group, row = self.locate(indices)
         raw = self.shards.preprocess.encoding == "raw"
         out = np.empty((len(file_no), *self.shards.shape), self.shards.dtype) if raw else None
@@ -189,8 +189,8 @@ class ShardReader:
             images = self._read_groups(int(number), groups)
             # a row's place among the groups read: groups before it are full (only a file's last one is short)
             rows = np.searchsorted(groups, group[where]) * self.shards.rows_per_group + row[where]
-            if not raw:
-                parts.append(images.take(pa.array(rows)).combine_chunks())
+            if not raw:  # 64-bit offsets: a selection may hold more than 2 GiB of encoded images
+                parts.append(images.take(pa.array(rows)).combine_chunks().cast(pa.large_binary()))
                 order.append(where)
                 continue
             first = 0
@@ -201,15 +201,15 @@ class ShardReader:
         if raw:
             return out
         if not parts:
-            return pa.array([], pa.binary())
+            return pa.array([], pa.large_binary())
         # back from file order to the order asked
         return pa.concat_arrays(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
-    def decode(self, stored: np.ndarray | pa.BinaryScalar | bytes) -> np.ndarray:
+    def decode(self, stored: np.ndarray | pa.LargeBinaryScalar | bytes) -> np.ndarray:
         """One image's stored pixels from an item of `take_stored`."""
         if isinstance(stored, np.ndarray):
             return stored
-        if isinstance(stored, pa.BinaryScalar):
+        if isinstance(stored, pa.LargeBinaryScalar):
             stored = stored.as_buffer()
         return decode_image(stored, self.shards.channels, self.shards.dtype)
 
