@@ -186,7 +186,7 @@ def test_progress_callback_reaches_total(tmp_path):
     calls = []
     prepare_shards(TinyDataset(n=70), Preprocess(8), tmp_path, rows_per_shard=32,
                    progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(32, 70), (64, 70), (70, 70)]
+    assert calls == [(0, 70), (32, 70), (64, 70), (70, 70)]
 
 
 def test_process_pool_gives_identical_shards(tmp_path):

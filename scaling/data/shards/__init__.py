@@ -36,12 +36,12 @@ Reading (`read`): `ShardReader` (torch-free random access with a per-process LRU
 `dataset`: `ShardDataset` (the map-style torch dataset on top of it).
 """
 from scaling.data.preprocess import Preprocess
-from scaling.data.shards.build import BAD_IMAGE_POLICIES, BUILDS, prepare_shards
+from scaling.data.shards.build import BAD_IMAGE_POLICIES, BUILDS, ProgressLine, prepare_shards
 from scaling.data.shards.chunk import CHUNKS_LOG, HASHES
 from scaling.data.shards.dataset import ShardDataset, pixels_to_tensor
 from scaling.data.shards.layout import RECORDS, SHARD_FORMAT_VERSION, shard_key, shard_path
 from scaling.data.shards.read import ShardReader, ShardSet
 
-__all__ = ["BAD_IMAGE_POLICIES", "BUILDS", "CHUNKS_LOG", "HASHES", "Preprocess", "RECORDS", "SHARD_FORMAT_VERSION",
+__all__ = ["BAD_IMAGE_POLICIES", "BUILDS", "CHUNKS_LOG", "HASHES", "Preprocess", "ProgressLine", "RECORDS", "SHARD_FORMAT_VERSION",
            "ShardDataset", "ShardReader", "ShardSet", "pixels_to_tensor", "prepare_shards", "shard_key",
            "shard_path"]

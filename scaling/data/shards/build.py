@@ -72,7 +72,7 @@ def prepare_shards(dataset: Dataset, preprocess: Preprocess, cache_dir: str | Pa
                     _log.warning("shard set %s is incomplete or corrupted (%s); rebuilding it", final, problem)
                 _remove_leftovers(final)
                 _build(dataset, preprocess, records, final, on_bad_image=on_bad_image,
-                       rows_per_shard=rows_per_shard, progress=progress or _StderrProgress(final.name),
+                       rows_per_shard=rows_per_shard, progress=progress or ProgressLine(final.name),
                        map_chunks=map_chunks or process_pool(workers))
             shards = ShardSet.open(final)
     if shards.skipped and on_bad_image == "error":
@@ -169,6 +169,7 @@ def _build_chunks(job: ChunkJob, chunks: list[Chunk], progress: Progress,
     """Every chunk built (or found finished) by `map_chunks`, in chunk order; progress as each ends."""
     results: list[ChunkResult | None] = [None] * len(chunks)
     done, total = 0, sum(len(chunk.keys) for chunk in chunks)
+    progress(done, total)
     for position, result in (in_process if len(chunks) == 1 else map_chunks)(build_chunk, job, chunks):
         results[position] = result
         if result.built:
@@ -230,21 +231,31 @@ def _remove_leftovers(final: Path) -> None:
         shutil.rmtree(final)
 
 
-class _StderrProgress:
-    """A compact progress line every `interval` seconds, only for preparations that last that long."""
+class ProgressLine:
+    """A progress line on stderr (images built, images/s, time left) every `interval` seconds, only for
+    preparations that last that long."""
 
     def __init__(self, name: str, interval: float = 10.0):
         self.name, self.interval = name, interval
-        self.start = self.last = time.monotonic()
+        self.start: float | None = None  # the first call: the build's start (after any cluster started)
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if self.start is None:
+            self.start = self.last = now
         if now - self.last < self.interval and done < total:
             return
         if done == total and now - self.start < self.interval:
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
-        print(f"shards {self.name}: {done}/{total} images, {rate:.0f}/s, "
-              f"{(total - done) / max(rate, 1e-9):.0f} s left", file=sys.stderr, flush=True)
+        left = (total - done) / rate if rate else float("inf")
+        print(f"shards {self.name}: {done:,}/{total:,} images, {rate:,.1f} images/s, {_duration(left)} left",
+              file=sys.stderr, flush=True)
 
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "? s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
