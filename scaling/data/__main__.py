@@ -204,7 +204,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args.dataset, args.root, args.version, args.option)
     preprocess = Preprocess(resolution=args.resolution, crop=args.crop, clahe=args.clahe, storage=args.storage,
                             encoding=args.encoding)
-    progress = ProgressLine(shard_path(dataset, preprocess, args.cache).name, interval=1.0)
+    progress = ProgressLine(shard_path(dataset, preprocess, args.cache).name, interval=0)
     with RayChunks(args.address, args.cpus) as map_chunks:
         shards = prepare_shards(dataset, preprocess, args.cache, on_bad_image=args.on_bad_image,
                                 rows_per_shard=args.rows_per_shard, progress=progress, map_chunks=map_chunks)

@@ -233,7 +233,7 @@ def _remove_leftovers(final: Path) -> None:
 
 class ProgressLine:
     """A progress line on stderr (images built, images/s, time left) every `interval` seconds, only for
-    preparations that last that long."""
+    preparations that last that long (interval 0: one as each chunk ends)."""
 
     def __init__(self, name: str, interval: float = 10.0):
         self.name, self.interval = name, interval
@@ -243,7 +243,7 @@ class ProgressLine:
         now = time.monotonic()
         if self.start is None:
             self.start = self.last = now
-        if now - self.last < self.interval and done < total:
+        if not done or now - self.last < self.interval and done < total:
             return
         if done == total and now - self.start < self.interval:
             return
