@@ -23,6 +23,8 @@ from scaling.data.shards import BUILDS, CHUNKS_LOG, prepare_shards, shard_path
 from scaling.files import MANIFEST
 from tiny_dataset import TinyDataset
 
+pytestmark = pytest.mark.slow  # starts Ray
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 #: 6 chunks of 8 images, each image slowed down: a build lasts long enough to be hit

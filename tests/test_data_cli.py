@@ -127,6 +127,7 @@ def test_describe_covidx_on_a_tree_from_the_real_9b_split_files(tmp_path):
         shutil.rmtree(root)  # 30,882 files: not worth keeping among pytest's retained temp folders
 
 
+@pytest.mark.slow
 def test_prepare_builds_on_ray_with_a_progress_line_as_one_process_would(tmp_path):
     import hashlib
 
