@@ -21,6 +21,7 @@ the finished entry. The lock only keeps expensive builds from repeating.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -52,7 +53,10 @@ class NoSpace(OSError):
         super().__init__(errno.ENOSPC, f"no space left writing {path}: it needs {'at least ' if at_least else ''}"
                                        f"{_size(needed)} and {where}; free some space (or point the study "
                                        f"or cache elsewhere) and run the same command again")
-        self.path, self.needed = path, needed
+        self.path, self.needed, self.at_least = path, needed, at_least
+
+    def __reduce__(self):  # rebuilt from its fields when sent between processes (a Ray task's error)
+        return functools.partial(NoSpace, at_least=self.at_least), (self.path, self.needed)
 
     def __str__(self) -> str:
         return self.strerror

@@ -30,6 +30,7 @@ import yaml
 from scaling.analysis import analyse, describe_fits, describe_transfer, findings_table, saliency
 from scaling.analysis.results import best_per_cell, results_table, write_table
 from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
+from scaling.cluster import RayChunks
 from scaling.config import PROJECT_ROOT, ConfigError, StudyConfig, to_dict
 from scaling.data.stage import StudyData, prepare_study_data
 from scaling.files import publish_file
@@ -98,7 +99,7 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, address: str | None =
     stops = StopRequests()
     progress = Progress()
     progress.say(f"study {cfg.name!r} in {study_dir}")
-    data = data_stage(cfg, progress)
+    data = data_stage(cfg, progress, address)
     prepare_study_dir(cfg, study_dir)
     stops.check()
 
@@ -158,9 +159,12 @@ def run_stages(cfg: StudyConfig, data: StudyData, study_dir: Path, tracker: Stud
 # ------------------------------------------------------------------------------------------------ the stages
 
 
-def data_stage(cfg: StudyConfig, progress: Progress) -> StudyData:
-    """Every dataset staged into shards, checked against the sizes the grid asks of the target."""
-    data = prepare_study_data(cfg, log=progress.say)
+def data_stage(cfg: StudyConfig, progress: Progress, address: str | None = None) -> StudyData:
+    """Every dataset staged into shards, checked against the sizes the grid asks of the target. Shard sets of
+    more than one chunk are built on the study's Ray cluster (`address`, $RAY_ADDRESS, else a local one started
+    for the stage and stopped after it: the study directory, where Ray's logs go, is made after this stage)."""
+    with RayChunks(address) as map_chunks:
+        data = prepare_study_data(cfg, log=progress.say, map_chunks=map_chunks)
     check_target_sizes(cfg, data)
     return data
 

@@ -37,3 +37,19 @@ def test_calibrate_world_reports_each_cell_and_the_pretraining_seed_spread(tmp_p
     assert 0 <= auc <= 1 and ft_sd >= 0 and 0 <= ft_se <= ft_sd and pre_sd >= 0  # two pre-training seeds: a spread
     assert rows[0][7] == "nan"  # scratch has no pre-training seed
     assert len(list((tmp_path / "work" / "checkpoints").glob("*/manifest.json"))) == 2
+
+
+@pytest.mark.slow
+def test_bench_data_stage_prints_its_table_and_the_projection():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_data_stage.py", "--png", "2", "--jpeg", "2", "--side", "200",
+         "--resolution", "32", "--rows-per-shard", "1", "--no-ray-data"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    rows = {(line[:18].strip(), line.split()[-4]): line.split()[-3:] for line in
+            lines[lines.index(next(t for t in lines if t.startswith("engine"))) + 1:][:3]}
+    assert set(rows) == {("in this process", "1"), ("Ray tasks", "1"), ("Ray tasks", "2")}
+    assert all(float(images_per_s) > 0 for _, images_per_s, _ in rows.values())
+    assert any(line.startswith("leakage hash, one process: ") for line in lines)
+    assert lines[-1].split()[-1] == "min" and float(lines[-1].split()[-2]) > 0

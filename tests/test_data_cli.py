@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fake_trees import SHARED_COVIDX, covidx_from_real_files, write_chexpert, write_covidx, write_nih
@@ -124,3 +125,25 @@ def test_describe_covidx_on_a_tree_from_the_real_9b_split_files(tmp_path):
         assert summary == describe(Covidx(root=str(root)))
     finally:
         shutil.rmtree(root)  # 30,882 files: not worth keeping among pytest's retained temp folders
+
+
+@pytest.mark.slow
+def test_prepare_builds_on_ray_with_a_progress_line_as_one_process_would(tmp_path):
+    import hashlib
+
+    from scaling.data.__main__ import dataset_from_args
+    from scaling.data.preprocess import Preprocess
+    from scaling.data.shards import prepare_shards
+
+    options = ["size=300", "image_size=48"]
+    done = run("prepare", "synthetic-medical", *(a for o in options for a in ("--option", o)), "--resolution", "32",
+               "--rows-per-shard", "64", "--cpus", "2", "--cache", tmp_path / "ray")
+    assert done.returncode == 0, done.stderr
+    progress = [line for line in done.stderr.splitlines() if line.startswith("shards synthetic-medical-")]
+    assert progress and progress[-1].split(": ")[1].startswith("300/300 images, ") and "images/s" in progress[-1]
+    where = Path(next(line for line in done.stdout.splitlines() if line.startswith("shards: "))[len("shards: "):])
+    alone = prepare_shards(dataset_from_args("synthetic-medical", None, None, options), Preprocess(32),
+                           tmp_path / "alone", rows_per_shard=64)
+    assert len(ShardSet.open(where).files) == 5
+    assert {f.name: hashlib.sha256(f.read_bytes()).digest() for f in where.iterdir() if f.suffix != ".json"} == \
+        {f.name: hashlib.sha256(f.read_bytes()).digest() for f in alone.path.iterdir() if f.suffix != ".json"}

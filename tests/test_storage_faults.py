@@ -165,6 +165,24 @@ def test_a_full_disk_while_building_shards_names_the_set_and_a_rerun_matches(sma
     assert digests(shards.path) == digests(reference.path)
 
 
+def test_a_full_disk_during_a_chunk_keeps_the_finished_chunks_and_a_rerun_builds_only_the_rest(small_fs, tmp_path):
+    dataset, preprocess = TinyDataset(n=300, height=48, width=48), Preprocess(48)  # 675 KiB; 147 KiB a chunk
+    cache = small_fs.path / "cache"
+    final = shard_path(dataset, preprocess, cache)
+    with pytest.raises(NoSpace, match=rf"writing {final}: it needs 691200 bytes"):
+        prepare_shards(dataset, preprocess, cache, rows_per_shard=64)
+    finished = sorted(p.name for p in (cache / f".{final.name}.chunks").glob("chunk-*"))
+    assert finished and finished == [f"chunk-{i:05d}" for i in range(len(finished))]
+    assert not final.exists() and not list(cache.glob(".*.tmp-*"))
+    small_fs.grow()
+    again = TinyDataset(n=300, height=48, width=48)
+    shards = prepare_shards(again, preprocess, cache, rows_per_shard=64)
+    assert again.loads == 300 - 64 * len(finished)
+    reference = prepare_shards(TinyDataset(n=300, height=48, width=48), preprocess, tmp_path / "reference",
+                               rows_per_shard=64)
+    assert digests(shards.path) == digests(reference.path)
+
+
 def test_a_full_disk_while_storing_a_checkpoint_stores_nothing_and_a_rerun_matches(small_fs, tmp_path):
     store = CheckpointStore(small_fs.path / "store")
     key = key_for(**PARTS)

@@ -4,6 +4,7 @@
     python -m scaling.data describe chexpert --root /data/CheXpert-v1.0 --option uncertainty=zeros
     python -m scaling.data describe --config studies/configs/covidx_bit.yaml --source medical
     python -m scaling.data prepare covidx --root /data/covidx --resolution 480 --cache /scratch/cache
+    python -m scaling.data prepare nih --root /data/nih --resolution 512 --encoding png --address auto
 
 `describe` parses the label files, checks that every listed image exists (without decoding any; pass
 `--option check_files=false` to skip that), and prints per split the image and patient counts and the images
@@ -11,7 +12,9 @@ per class (for multilabel sets: the images where the class is positive); `--json
 `scaling.data.base.describe` as JSON. With `--config FILE --source ROLE` it describes a study's source (or
 `--source target`); for a merged source, one column per member shows what each contributes on the merged labels.
 `prepare` builds (or finds) the shard set of the dataset under the given
-preprocessing. Options beyond --root/--version go as repeated `--option key=value`, checked against the
+preprocessing, chunk by chunk as Ray tasks on every CPU of a local Ray (`--cpus`), or of a running cluster with
+`--address` (e.g. a CPU partition ahead of the study), with a progress line (images/s, time left); a killed
+build run again builds only the chunks it had not finished. Options beyond --root/--version go as repeated `--option key=value`, checked against the
 dataset's constructor. Bad input ends with one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from scaling.data.base import SPLITS, DataError, Dataset, describe
 from scaling.data.merged import MergedDataset
 from scaling.data.encoding import EXPECTED as ENCODINGS_EXPECTED
 from scaling.data.preprocess import CROPS, STORAGES, Preprocess
-from scaling.data.shards import BAD_IMAGE_POLICIES, prepare_shards
+from scaling.cluster import RayChunks
+from scaling.data.shards import BAD_IMAGE_POLICIES, ProgressLine, prepare_shards, shard_path
 from scaling.data.stage import open_source
 
 EXIT_BAD_INPUT = 2
@@ -89,9 +93,21 @@ def _build_parser() -> argparse.ArgumentParser:
                              help="shard cache folder (default: the study config's default, %(default)s)")
     prepare_cmd.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
                              help="error: stop at the first unreadable image; skip: leave it out and count it")
-    prepare_cmd.add_argument("--workers", type=int, default=1, help="processes that decode images")
+    prepare_cmd.add_argument("--cpus", type=_positive, help="CPUs of the local Ray started for the build "
+                                                               "(default: every CPU of this machine)")
+    prepare_cmd.add_argument("--address", help="join the running Ray cluster at this address (or 'auto') and "
+                                               "build on all its CPUs")
+    prepare_cmd.add_argument("--rows-per-shard", type=_positive, default=2048,
+                             help="images per shard file, the unit of work of the build (default %(default)s)")
     prepare_cmd.set_defaults(run=_run_prepare)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def _default_cache_dir() -> str:
@@ -190,7 +206,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args.dataset, args.root, args.version, args.option)
     preprocess = Preprocess(resolution=args.resolution, crop=args.crop, clahe=args.clahe, storage=args.storage,
                             encoding=args.encoding)
-    shards = prepare_shards(dataset, preprocess, args.cache, on_bad_image=args.on_bad_image, workers=args.workers)
+    progress = ProgressLine(shard_path(dataset, preprocess, args.cache).name, interval=0)
+    with RayChunks(args.address, args.cpus) as map_chunks:
+        shards = prepare_shards(dataset, preprocess, args.cache, on_bad_image=args.on_bad_image,
+                                rows_per_shard=args.rows_per_shard, progress=progress, map_chunks=map_chunks)
     counts = shards.records["split"].value_counts()
     splits = [s for s in SPLITS if s in counts]
     print(_title(dataset, args))

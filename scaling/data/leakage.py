@@ -3,7 +3,9 @@
 Names do not tell: COVIDx's negatives are RSNA pneumonia-challenge images, i.e. NIH ChestX-ray14 images under
 other file names, and a PadChest target is inside a merged source that holds PadChest. So every stored image
 gets a difference hash (dHash: the image averaged down to `size` x `size`+1 cells, one bit per pair of
-horizontal neighbours, "is the right one brighter"), computed on the preprocessed shard pixels, so re-encoding,
+horizontal neighbours, "is the right one brighter"; `scaling.data.dhash`), computed on the preprocessed pixels
+while the shard build has them in memory and stored in the set (older sets: once, from their decoded shards, in
+parallel), so the guard decodes nothing; re-encoding,
 rescaling and small intensity changes of one image leave its hash within a few bits. Pairs of a target
 validation/test image and a source image whose hashes differ in at most `max_distance` bits are near-duplicates.
 
@@ -20,60 +22,47 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaling.data.base import DataError
-from scaling.data.shards import ShardReader, ShardSet
+from scaling.data.dhash import HASH_BATCH, HASH_SIZE, dhash
+from scaling.data.executors import MapChunks, in_process
+from scaling.data.shards import HASHES, ShardReader, ShardSet
 from scaling.files import publishing
 
-#: hash side: size x size bits; 16 -> 256-bit hashes (64-bit dHash confuses unrelated chest X-rays, which share
-#: their coarse layout)
-HASH_SIZE = 16
-#: images hashed per batch (bounds the float copy of one batch)
-HASH_BATCH = 256
+__all__ = ["HASH_SIZE", "Leak", "LeakageError", "dhash", "find_leaks", "hash_shards", "leak_message",
+           "near_duplicates"]
+
 #: target x source hash pairs compared per block (bounds the buffers: ~11 bytes per pair)
 PAIRS_PER_BLOCK = 1 << 22
 
 
-def dhash(images: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
-    """Difference hashes of a batch of same-sized images, (n, H, W) or (n, H, W, 3) of any numeric dtype:
-    (n, size * size / 64) uint64. Colour is averaged to gray; the image is area-averaged to size x (size + 1)
-    cells (bins of near-equal width, so any H, W >= the cells work)."""
-    images = np.asarray(images)
-    if images.ndim == 4:
-        images = images.mean(axis=3, dtype=np.float32)
-    if images.ndim != 3 or images.shape[1] < size or images.shape[2] < size + 1:
-        raise ValueError(f"expected images of shape (n, H, W[, 3]) with H >= {size} and W >= {size + 1}, "
-                         f"got {images.shape}")
-    if size * size % 64:
-        raise ValueError(f"hash size {size}: size * size must be a multiple of 64")
-    rows = np.linspace(0, images.shape[1], size + 1).astype(int)[:-1]
-    cols = np.linspace(0, images.shape[2], size + 2).astype(int)[:-1]
-    n, height = images.shape[:2]
-    if height % size == 0:  # equal bins: a reshape-sum, ~10x faster than reduceat
-        cells = images.reshape(n, size, height // size, -1).sum(axis=2, dtype=np.float32)
-    else:
-        cells = np.add.reduceat(images, rows, axis=1, dtype=np.float32)
-    cells = np.add.reduceat(cells, cols, axis=2)
-    cells /= np.outer(np.diff(np.r_[rows, images.shape[1]]), np.diff(np.r_[cols, images.shape[2]]))
-    bits = cells[:, :, 1:] > cells[:, :, :-1]
-    return np.packbits(bits.reshape(len(bits), -1), axis=1).view(np.uint64)
-
-
-def hash_shards(shards: ShardSet, size: int = HASH_SIZE) -> np.ndarray:
-    """dHashes of every row of a shard set, (rows, size * size / 64) uint64: computed once (decoded batch by
-    batch) and kept next to the shard set, whose content it is a function of, for the next study (published
-    atomically: a concurrent study reads either no cache or a complete one)."""
-    cache = shards.path.parent / f"{shards.path.name}.dhash{size}.npy"
-    if cache.is_file():
-        hashes = np.load(cache)
-        if hashes.shape == (len(shards), size * size // 64):
-            return hashes
-    reader = ShardReader(shards)
-    rows = shards.records["index"].to_numpy()
-    hashes = np.empty((len(rows), size * size // 64), dtype=np.uint64)
-    for start in range(0, len(rows), HASH_BATCH):
-        hashes[start:start + HASH_BATCH] = dhash(reader.take(rows[start:start + HASH_BATCH]), size)
-    with publishing(cache) as tmp, open(tmp, "wb") as f:
+def hash_shards(shards: ShardSet, size: int = HASH_SIZE, map_chunks: MapChunks = in_process) -> np.ndarray:
+    """dHashes of every row of a shard set, (rows, size * size / 64) uint64. A set built by this version holds
+    them (computed while its images were in memory); for an older one they are computed once, by `map_chunks`
+    over its shard files (decoded batch by batch), and kept next to the shard set, whose content they are a
+    function of, for the next study (published atomically: a concurrent study reads either no cache or a
+    complete one)."""
+    words = size * size // 64
+    sibling = shards.path.parent / f"{shards.path.name}.dhash{size}.npy"
+    for cache in ([shards.path / HASHES] if size == HASH_SIZE else []) + [sibling]:
+        if cache.is_file():
+            hashes = np.load(cache)
+            if hashes.shape == (len(shards), words):
+                return hashes
+    ranges = [(start, min(start + shards.rows_per_shard, len(shards)))
+              for start in range(0, len(shards), shards.rows_per_shard)]
+    hashes = np.empty((len(shards), words), dtype=np.uint64)
+    for position, part in map_chunks(_hash_rows, (shards, size), ranges):
+        hashes[ranges[position][0]:ranges[position][1]] = part
+    with publishing(sibling) as tmp, open(tmp, "wb") as f:
         np.save(f, hashes)
     return hashes
+
+
+def _hash_rows(job: tuple[ShardSet, int], rows: tuple[int, int]) -> np.ndarray:
+    """dHashes of the rows [start, stop) of a shard set, decoded batch by batch."""
+    shards, size = job
+    reader = ShardReader(shards)
+    return np.concatenate([dhash(reader.take(range(start, min(start + HASH_BATCH, rows[1]))), size)
+                           for start in range(*rows, HASH_BATCH)])
 
 
 def near_duplicates(queries: np.ndarray, hashes: np.ndarray, max_distance: int) -> np.ndarray:
@@ -104,12 +93,12 @@ class Leak:
 
 
 def find_leaks(target_shards, target_rows, source_shards, source_rows, max_distance: int,
-               target_names, source_names) -> list[Leak]:
+               target_names, source_names, map_chunks: MapChunks = in_process) -> list[Leak]:
     """Near-duplicates between the target's `target_rows` and the source's `source_rows` (shard rows);
-    `*_names(row) -> str` names an image's file for the report."""
+    `*_names(row) -> str` names an image's file for the report; `map_chunks` hashes sets that lack hashes."""
     target_rows, source_rows = np.asarray(target_rows, np.int64), np.asarray(source_rows, np.int64)
-    queries = hash_shards(target_shards)[target_rows]
-    hashes = hash_shards(source_shards)[source_rows]
+    queries = hash_shards(target_shards, map_chunks=map_chunks)[target_rows]
+    hashes = hash_shards(source_shards, map_chunks=map_chunks)[source_rows]
     pairs = near_duplicates(queries, hashes, max_distance)
     return [Leak(target_names(int(target_rows[q])), source_names(int(source_rows[h])), int(source_rows[h]), int(d))
             for q, h, d in pairs]

@@ -12,6 +12,7 @@ import numpy as np
 
 from scaling.config import DataConfig, DatasetRef, LeakageConfig, StudyConfig, has_own_data
 from scaling.data.base import DataError, Dataset
+from scaling.data.executors import MapChunks, in_process
 from scaling.data.leakage import LeakageError, find_leaks, leak_message
 from scaling.data.merged import MergedDataset, file_name
 from scaling.data.preprocess import Preprocess
@@ -46,19 +47,20 @@ class StudyData:
     leakage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def prepare_study_data(cfg: StudyConfig, log: Log = print) -> StudyData:
+def prepare_study_data(cfg: StudyConfig, log: Log = print, map_chunks: MapChunks = in_process) -> StudyData:
     """Open every dataset (bad input raises DataError naming the file), check that the configured subset
-    sizes fit, and build or reuse the shards."""
+    sizes fit, and build or reuse the shards; `map_chunks` runs the chunks of the builds and the hashing of
+    older sets (the study passes the Ray cluster's, `scaling.cluster.RayChunks`)."""
     data = cfg.data
     weights, problems = resolve_weights(cfg)
     datasets = open_datasets(data)
     check_readable(datasets, problems)
     val_fractions = validation_fractions(datasets, data.val_fraction)
     check_sizes_fit_estimate(datasets, val_fractions, data.source_sizes)
-    prepared = {role: prepare_set(role, dataset, data, val_fractions[role], cfg.seed, log)
+    prepared = {role: prepare_set(role, dataset, data, val_fractions[role], cfg.seed, log, map_chunks)
                 for role, dataset in datasets.items()}
     target = prepared.pop("target")
-    sources, leakage = guard_sources(target, prepared, datasets, data.leakage, log)
+    sources, leakage = guard_sources(target, prepared, datasets, data.leakage, log, map_chunks)
     check_sizes_fit_split(sources, data.source_sizes)
     for (role, images, model), path in sorted(weights.items()):
         log(f"data: {role:<8} published {images:>9} images, {model}: {path}")
@@ -126,12 +128,13 @@ def check_sizes_fit_estimate(datasets: dict[str, Dataset], val_fractions: dict[s
 
 
 def prepare_set(role: str, dataset: Dataset, data: DataConfig, val_fraction: float, seed: int,
-                log: Log) -> PreparedSet:
+                log: Log, map_chunks: MapChunks = in_process) -> PreparedSet:
     """The dataset's shards, built or reused, and its train / validation / test rows."""
     started = time.perf_counter()
     preprocess = Preprocess(resolution=data.resolution, crop=data.crop, clahe=data.clahe, storage=data.storage,
                             encoding=data.encoding)
-    shards = prepare_shards(dataset, preprocess, Path(data.cache_dir).resolve(), on_bad_image=data.on_bad_image)
+    shards = prepare_shards(dataset, preprocess, Path(data.cache_dir).resolve(), on_bad_image=data.on_bad_image,
+                            map_chunks=map_chunks)
     try:
         prepared = split_rows(shards, val_fraction, seed)
     except ValueError as e:  # patient_split: too few patients to hold out any (or to keep any)
@@ -144,7 +147,8 @@ def prepare_set(role: str, dataset: Dataset, data: DataConfig, val_fraction: flo
 
 
 def guard_sources(target: PreparedSet, sources: dict[str, PreparedSet], datasets: dict[str, Dataset],
-                  leakage: LeakageConfig, log: Log) -> tuple[dict[str, PreparedSet], dict[str, dict[str, int]]]:
+                  leakage: LeakageConfig, log: Log, map_chunks: MapChunks = in_process
+                  ) -> tuple[dict[str, PreparedSet], dict[str, dict[str, int]]]:
     """The leakage guard over every source (see `guard`) unless data.leakage.policy is "off": the sources, less
     the images it removed, and its counts by role."""
     if leakage.policy == "off":
@@ -152,7 +156,7 @@ def guard_sources(target: PreparedSet, sources: dict[str, PreparedSet], datasets
     guarded, counts = {}, {}
     for role, source in sources.items():
         guarded[role], counts[role] = guard(target, datasets["target"], source, datasets[role], role,
-                                            leakage.policy, leakage.max_distance)
+                                            leakage.policy, leakage.max_distance, map_chunks)
         log(f"data: {role:<8} leakage guard: {counts[role]['near_duplicates']} near-duplicates of target "
             f"val/test images, {counts[role]['removed']} source images removed")
     return guarded, counts
@@ -168,7 +172,7 @@ def check_sizes_fit_split(sources: dict[str, PreparedSet], source_sizes: list[in
 
 
 def guard(target: PreparedSet, target_dataset: Dataset, source: PreparedSet, source_dataset: Dataset, role: str,
-          policy: str, max_distance: int) -> tuple[PreparedSet, dict[str, int]]:
+          policy: str, max_distance: int, map_chunks: MapChunks = in_process) -> tuple[PreparedSet, dict[str, int]]:
     """The leakage guard for one source: its train and validation images (what pre-training sees) against the
     target's validation and test images, by content. policy "error" raises LeakageError naming both files of
     the first pairs; "remove" drops the source images and returns the source without them, with the counts."""
@@ -177,7 +181,7 @@ def guard(target: PreparedSet, target_dataset: Dataset, source: PreparedSet, sou
     keys = {"target": target.shards.records["key"], "source": source.shards.records["key"]}
     leaks = find_leaks(target.shards, evaluation, source.shards, used, max_distance,
                        lambda row: file_name(target_dataset, keys["target"].loc[row]),
-                       lambda row: file_name(source_dataset, keys["source"].loc[row]))
+                       lambda row: file_name(source_dataset, keys["source"].loc[row]), map_chunks)
     removed = np.unique([leak.source_row for leak in leaks])
     if len(leaks) and policy == "error":
         raise LeakageError(leak_message(role, leaks, max_distance))

@@ -14,15 +14,19 @@ from scaling.data.base import Task
 
 
 class ShardWriter:
-    """Appends images to shard-NNNNN.parquet files of `rows_per_shard` rows, in row groups."""
+    """Appends images to shard-NNNNN.parquet files of `rows_per_shard` rows, in row groups. `start` (a multiple
+    of rows_per_shard) is the set's row of the first image: a chunk of a set writes the set's file of that
+    number, byte for byte as a writer of the whole set would."""
 
     def __init__(self, directory: Path, image_type: pa.DataType, compression: str,
-                 rows_per_shard: int, rows_per_group: int):
+                 rows_per_shard: int, rows_per_group: int, start: int = 0):
+        if start % rows_per_shard:
+            raise ValueError(f"start {start} is not a multiple of rows_per_shard {rows_per_shard}")
         self.directory, self.rows_per_shard, self.rows_per_group = directory, rows_per_shard, rows_per_group
         self.schema = pa.schema([("index", pa.int64()), ("image", image_type)])
         self.compression = compression
         self.files: list[str] = []
-        self.rows = 0
+        self.rows = start
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[bytes] = []
 
@@ -49,7 +53,7 @@ class ShardWriter:
         if self.rows % self.rows_per_shard == 0:
             if self._writer is not None:
                 self._writer.close()
-            self.files.append(f"shard-{len(self.files):05d}.parquet")
+            self.files.append(f"shard-{self.rows // self.rows_per_shard:05d}.parquet")
             self._writer = pq.ParquetWriter(self.directory / self.files[-1], self.schema,
                                             compression=self.compression)
         index = pa.array(np.arange(self.rows, self.rows + len(self._pending)), pa.int64())
