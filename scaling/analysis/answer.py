@@ -155,7 +155,9 @@ def _multipliers(cells: list[dict], source: str, absent: str) -> str:
     if bounded.empty:
         return f"D_T unbounded in all {len(full)} cells (beyond the scratch curve)"
     m = bounded["multiplier"]
-    return f"D_T ×{m.min():.1f}–×{m.max():.1f} (median ×{m.median():.1f}; {len(bounded)} of {len(full)} cells bounded)"
+    spread = f"×{m.min():.1f}" if f"{m.min():.1f}" == f"{m.max():.1f}" else \
+        f"×{m.min():.1f}–×{m.max():.1f} (median ×{m.median():.1f})"
+    return f"D_T {spread} in {len(bounded)} of {len(full)} cells (bounded)"
 
 
 def _source_lines(out: Outputs, sources: list[str]) -> list[str]:
@@ -179,8 +181,8 @@ def answer_lines(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     out = Outputs.read(study_dir)
     statements = out.statements()
     paths = [*([f"  dashboard: {dashboard}"] if dashboard else []),
-             f"  tables:    {out.path / SUMMARY_MD} (every cell, law, D_T, finding and trust figure); "
-             "results.parquet, fits.json, findings.json"]
+             f"  tables:    {out.path / SUMMARY_MD} (every cell, law, D_T and finding); results.parquet, "
+             "fits.json, findings.json"]
     if not statements:
         return ["answer: no finished trials, nothing to answer", *paths]
     sources = list(dict.fromkeys(s["source"] for s in statements if "axis" in s and "source" in s))
