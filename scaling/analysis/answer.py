@@ -100,14 +100,14 @@ def _growth_lines(statements: list[dict]) -> list[str]:
             by_source.setdefault(s["source"], {})[s["axis"]] = s
     if not by_source:
         return []
-    lines = [f"  gain over scratch grows with {' / '.join(GROWTH.values())} (largest minus smallest):"]
+    lines = [f"gain over scratch grows with {' / '.join(GROWTH.values())} (largest minus smallest):"]
     for source, axes in by_source.items():
         cells = []
         for axis in GROWTH:
             s = axes.get(axis)
             cells.append("-" if s is None else f"{_interval(s)} {s['verdict']}" if "ci" in s
                          else _short(s.get("reason", "")))
-        lines.append(f"    {source:<9} " + "  ".join(f"{c:<34}" for c in cells).rstrip())
+        lines.append(f"  {source:<8}" + " ".join(f"{c:<36}" for c in cells).rstrip())
     return lines
 
 
@@ -136,7 +136,7 @@ def _exponents(laws: list[dict], source: str, order: list[str], absent: str) -> 
     for f in mine:
         if f in fitted:
             lo, hi = f["ci"]["alpha"]
-            parts.append(f"{f['model']} α {_num(f['params']['alpha'], False)} [{_num(lo, False)}, {_num(hi, False)}]")
+            parts.append(f"{f['model']} {_num(f['params']['alpha'], False)} [{_num(lo, False)}, {_num(hi, False)}]")
         else:
             parts.append(f"{f['model']} no fit")
     return " · ".join(parts)
@@ -153,11 +153,11 @@ def _multipliers(cells: list[dict], source: str, absent: str) -> str:
     bounded = full[(full["scratch_range"] == "within") & full["multiplier"].notna()
                    & full["multiplier_ci"].map(lambda ci: None not in ci)]
     if bounded.empty:
-        return f"D_T unbounded in all {len(full)} cells (beyond the scratch curve)"
+        return f"D_T unbounded in all {len(full)} cells"
     m = bounded["multiplier"]
     spread = f"×{m.min():.1f}" if f"{m.min():.1f}" == f"{m.max():.1f}" else \
         f"×{m.min():.1f}–×{m.max():.1f} (median ×{m.median():.1f})"
-    return f"D_T {spread} in {len(bounded)} of {len(full)} cells (bounded)"
+    return f"D_T {spread}, {len(bounded)} of {len(full)} cells bounded"
 
 
 def _source_lines(out: Outputs, sources: list[str]) -> list[str]:
@@ -168,9 +168,9 @@ def _source_lines(out: Outputs, sources: list[str]) -> list[str]:
     absent = out.fits.get("absent", {})
     where = f" (budget {setting[0]}, shots {setting[1] or 'all'})" if setting else ""
     order = model_order(out.results) if len(out.results) else []
-    lines = [f"  by source: exponent α of error vs pre-training images{where} · D_T multiplier on the full target:"]
+    lines = [f"exponent α of error vs pre-training images{where} · D_T multiplier (bounded cells, full target):"]
     for source in sources:
-        lines.append(f"    {source:<9} {_exponents(laws, source, order, absent.get('pretrain_size', ''))} · "
+        lines.append(f"  {source:<8}{_exponents(laws, source, order, absent.get('pretrain_size', ''))} · "
                      f"{_multipliers(out.fits.get('effective_data', []), source, absent.get('target_size', ''))}")
     return lines
 
@@ -180,8 +180,8 @@ def answer_lines(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     multipliers by source, and where the dashboard (when written) and the tables are."""
     out = Outputs.read(study_dir)
     statements = out.statements()
-    paths = [*([f"  dashboard: {dashboard}"] if dashboard else []),
-             f"  tables:    {out.path / SUMMARY_MD} (every cell, law, D_T and finding); results.parquet, "
+    paths = [*([f"dashboard: {dashboard}"] if dashboard else []),
+             f"tables:    {out.path / SUMMARY_MD} (every cell, law, D_T and finding); results.parquet, "
              "fits.json, findings.json"]
     if not statements:
         return ["answer: no finished trials, nothing to answer", *paths]
@@ -189,7 +189,7 @@ def answer_lines(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     head = "answer (test ROC-AUC difference [95% paired interval], verdict; findings.json):"
     body = [*_comparison_lines(statements), *_growth_lines(statements), *_source_lines(out, sources)]
     if 1 + len(body) + len(paths) > ANSWER_LINES:  # more sources than the screen holds: the pooled ones only
-        body = [*_comparison_lines(statements), f"  the gain's growth, exponents and D_T of {len(sources)} sources: "
+        body = [*_comparison_lines(statements), f"the gain's growth, exponents and D_T of {len(sources)} sources: "
                                                 f"{SUMMARY_MD}"]
     return [head, *body, *paths][:ANSWER_LINES]
 
