@@ -153,7 +153,8 @@ def budget_view(results: pd.DataFrame) -> dict | None:
     data = pd.concat([seeds[[*FILTERS, "kind", "y", "trial", "pretrain_size", "seed_index"]], means],
                      ignore_index=True)
     several_shots = points["shots"].nunique() > 1
-    data["panel"] = [f"{m}, {s or 'all'} shots" if several_shots else str(m) for m, s in zip(data["model"], data["shots"])]
+    data["panel"] = [f"{m}, {s or 'all'} shots" if several_shots else str(m)
+                     for m, s in zip(data["model"], data["shots"])]
     panels = [p for m in model_order(points) for p in dict.fromkeys(data.loc[data["model"] == m, "panel"])]
     colour = _colour(points["source"].unique())
     budgets = sorted(int(b) for b in points["budget"].unique())
