@@ -25,6 +25,8 @@ from scaling.analysis.trust import trust_table
 ANSWER_LINES = 15
 SUMMARY_MD = "summary.md"
 VERDICTS = ("supported", "contradicted", "inconclusive")
+#: how the answer names a multiplicity control of the per-cell verdicts (findings.json's `multiplicity.method`)
+SHORT = {"Benjamini-Hochberg": "BH", "Holm": "Holm"}
 #: the largest number of laws a source's exponent row lists one by one; beyond it, their range
 LISTED_LAWS = 3
 
@@ -74,21 +76,24 @@ def _short(reason: str) -> str:
     return re.split(r"[:;]", reason or "not measured")[0]
 
 
-def _cell_counts(cells: list[dict]) -> str:
+def _cell_counts(cells: list[dict], control: str) -> str:
+    """How the per-cell verdicts fell, under the multiplicity control findings.json names (its `verdict`)."""
     counts = pd.Series([c["verdict"] for c in cells]).value_counts()
     parts = [f"{counts[v]} {v}" for v in VERDICTS if v in counts]
-    return f"{len(cells)} cell{'s' * (len(cells) != 1)}: {', '.join(parts)}" if cells else ""
+    return f"{len(cells)} cell{'s' * (len(cells) != 1)}{control}: {', '.join(parts)}" if cells else ""
 
 
-def _comparison_lines(statements: list[dict]) -> list[str]:
+def _comparison_lines(statements: list[dict], multiplicity: dict) -> list[str]:
     """One line per pooled "a beats b": difference, interval, verdict, and how its per-cell verdicts fell."""
+    method = multiplicity.get("method", "")
+    control = f" ({SHORT.get(method, method)})" if method else ""
     lines = []
     for s in statements:
         if "compare" not in s:
             continue
         a, b = s["compare"]
         text = f"{_interval(s)} {s['verdict']:<12}" if "ci" in s else f"{s.get('reason', ''):<37}"
-        lines.append(f"  {a + ' vs ' + b:<20} {text}  {_cell_counts(s.get('cells', []))}".rstrip())
+        lines.append(f"  {a + ' vs ' + b:<20} {text}  {_cell_counts(s.get('cells', []), control)}".rstrip())
     return lines
 
 
@@ -187,9 +192,10 @@ def answer_lines(study_dir: str | Path, dashboard: str | Path | None = None) -> 
         return ["answer: no finished trials, nothing to answer", *paths]
     sources = list(dict.fromkeys(s["source"] for s in statements if "axis" in s and "source" in s))
     head = "answer (test ROC-AUC difference [95% paired interval], verdict; findings.json):"
-    body = [*_comparison_lines(statements), *_growth_lines(statements), *_source_lines(out, sources)]
+    pairs = _comparison_lines(statements, (out.findings or {}).get("multiplicity", {}))
+    body = [*pairs, *_growth_lines(statements), *_source_lines(out, sources)]
     if 1 + len(body) + len(paths) > ANSWER_LINES:  # more sources than the screen holds: the pooled ones only
-        body = [*_comparison_lines(statements), f"the gain's growth, exponents and D_T of {len(sources)} sources: "
+        body = [*pairs, f"the gain's growth, exponents and D_T of {len(sources)} sources: "
                                                 f"{SUMMARY_MD}"]
     return [head, *body, *paths][:ANSWER_LINES]
 
