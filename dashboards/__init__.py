@@ -15,6 +15,7 @@ from pathlib import Path
 from dashboards import charts
 from dashboards.data import Study, StudyDirError, load_study
 from dashboards.page import render
+from scaling.analysis.answer import answer_lines
 from scaling.analysis.grid import model_order
 from scaling.track.server import DB_FILE, reopen_command
 
@@ -88,29 +89,34 @@ def _provenance(study: Study) -> str:
 def build(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the dashboard of the study in ``study_dir`` (to ``<study_dir>/dashboard.html`` by default)."""
     study = load_study(Path(study_dir))
-    spec, why = charts.effective_data_view(study.fits)
+    path = Path(out) if out else study.path / DASHBOARD
+    spec, why = charts.effective_data_view(study.fits, study.results)
+    panels = "one panel per model (by size)" + (" and setting (budget, shots)" if len(charts.Settings(
+        study.results).labels) > 1 else "")
     views = [
         ("view-transfer", "Error against pre-training images", charts.transfer_view(study.results, study.fits),
          "no pre-trained trial finished: nothing to plot against pre-training images",
-         "Log-log, one panel per model (by size): each seed's point (small), the trial's mean (diamond), the "
-         "fitted law with its 95% band, dashed beyond the largest pre-training set, and the from-scratch level "
-         "(dotted)."),
+         f"Log-log, {panels}: each seed's point (small), the trial's mean (diamond), the fitted law with its 95% "
+         "band, dashed beyond the largest pre-training set, and the from-scratch level (dotted)."),
+        ("view-budget", "Error against fine-tuning budget", charts.budget_view(study.results),
+         "no cell of the study has several fine-tuning budgets", "Log-log, a panel per model that the study ran "
+         "at several budgets (a budget slice): each seed's point, the tuned trial's mean (diamond) and a line through "
+         "each source and pre-training size."),
         ("view-model", "Error against model size", charts.model_view(study.results),
-         "no finished trial", "Every finished trial (mean over seeds; hover for its hyper-parameters); lines join "
-         "the tuned trial of each source and pre-training size."),
+         "no finished trial", "Every finished trial (mean over seeds; hover for its hyper-parameters), a panel per "
+         "setting where the study has several; lines join the tuned trial of each source and pre-training size."),
         ("view-effective", "Effective data transferred", spec, why,
          "D_T: how many more target images a model trained from scratch would need to match the fine-tuned one "
          "(Hernandez et al. 2021), with 95% seed-bootstrap intervals; hollow where the fine-tuned error lies "
          "outside the scratch trials' range (read off the scratch law beyond its data)."),
         ("view-trust", "Trust: calibration, uncertainty, saliency", charts.trust_view(study.results),
          "no calibration, ensemble or saliency metrics in the results",
-         "Metrics of the tuned trials against pre-training size."),
+         "Metrics of the tuned trials against pre-training size, a panel per metric (and setting)."),
     ]
     trials, columns = _trials(study)
     data = {"trials": trials, "trial_columns": columns, "hyper": [h for h in HYPER if h in study.results],
             "findings": _findings(study), "options": _options(study)}
     notes = [f"{axis}: {why}" for axis, why in study.fits.get("absent", {}).items()]
-    page = render(f"Study {study.name}", views, data, _provenance(study), notes)
-    path = Path(out) if out else study.path / DASHBOARD
+    page = render(f"Study {study.name}", answer_lines(study.path, path), views, data, _provenance(study), notes)
     path.write_text(page, encoding="utf-8")
     return path

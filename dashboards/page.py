@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 from altair.utils._importers import vl_version_for_vl_convert
 
@@ -115,8 +116,9 @@ td, th { border-bottom: 1px solid #eee; padding: 2px 8px; text-align: left; }
 #trials th { cursor: pointer; background: #fafafa; }
 #trials tr.unfinished td { color: #a11; }
 .note { color: #7a4b00; background: #fff6e0; padding: .4em .6em; display: inline-block; }
-.verdict-supported td:last-child { color: #0a6b2b; font-weight: 600; }
-.verdict-contradicted td:last-child { color: #a11; font-weight: 600; }
+.verdict-supported td:last-child, span.verdict-supported { color: #0a6b2b; font-weight: 600; }
+.verdict-contradicted td:last-child, span.verdict-contradicted { color: #a11; font-weight: 600; }
+#answer pre { background: #f3f7fb; border: 1px solid #d6e2ee; max-height: none; font-size: 12px; }
 tr.pooled td:first-child { font-weight: 600; }
 pre { background: #f8f8f8; padding: .5em; max-height: 24em; overflow: auto; }
 """
@@ -127,10 +129,18 @@ def _view(view_id: str, title: str, spec: dict | None, absent: str, intro: str) 
     return f"<h2>{html.escape(title)}</h2><p>{intro}</p>{body}", ({view_id: spec} if spec else {})
 
 
-def render(title: str, views: list[tuple[str, str, dict | None, str, str]], data: dict, provenance: str,
-           notes: list[str]) -> str:
-    """The page: the filter bar, the views in order (or, where a view cannot be drawn, what is absent), the
-    tables, provenance. ``data`` holds trials, findings, options and hyper-parameter names for the script."""
+def _answer(lines: list[str]) -> str:
+    """The study's answer, the lines its run printed last (`scaling.analysis.answer`), verdicts coloured."""
+    text = html.escape("\n".join(lines))
+    text = re.sub(r"\b(supported|contradicted)\b", r'<span class="verdict-\1">\1</span>', text)
+    return f'<section id="answer"><h2>The answer</h2><pre>{text}</pre></section>'
+
+
+def render(title: str, answer: list[str], views: list[tuple[str, str, dict | None, str, str]], data: dict,
+           provenance: str, notes: list[str]) -> str:
+    """The page: the study's answer, what its grid lacks, the filter bar, the views in order (or, where a view
+    cannot be drawn, what is absent), the tables, provenance. ``data`` holds trials, findings, options and
+    hyper-parameter names for the script."""
     import vl_convert
 
     sections, specs = [], {}
@@ -148,8 +158,9 @@ def render(title: str, views: list[tuple[str, str, dict | None, str, str]], data
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style>
 <script>{bundle}</script></head>
 <body><h1>{html.escape(title)}</h1>
+{_answer(answer)}
+{"<section id='lacks'><h2>What this study's grid lacks</h2><ul>" + absent + "</ul></section>" if notes else ""}
 <div id="filters">{filters}</div>
-{"<h2>What this study's grid lacks</h2><ul>" + absent + "</ul>" if notes else ""}
 {"".join(sections)}
 <h2>Findings</h2><p>Each statement of the question, the difference of mean test ROC-AUC with its 95% paired
 bootstrap interval, the number of seeds, what the bootstrap resampled, and the verdict (supported: the interval

@@ -27,9 +27,10 @@ import pandas as pd
 import ray
 import yaml
 
-from scaling.analysis import analyse, describe_fits, describe_transfer, findings_table, saliency
+from scaling.analysis import analyse, saliency
+from scaling.analysis.answer import SUMMARY_MD, answer_lines, summary_markdown
 from scaling.analysis.results import best_per_cell, results_table, write_table
-from scaling.analysis.trust import FITS_FILE, trust_figures, trust_table
+from scaling.analysis.trust import FITS_FILE, trust_figures
 from scaling.cluster import RayChunks
 from scaling.config import PROJECT_ROOT, ConfigError, StudyConfig, to_dict
 from scaling.data.stage import StudyData, prepare_study_data
@@ -147,7 +148,7 @@ def run_stages(cfg: StudyConfig, data: StudyData, study_dir: Path, tracker: Stud
     report = analysis_stage(table, study_dir, cfg.seed, tracker, progress)
     report["dashboard"] = dashboard_stage(study_dir, tracker, dashboard)
     log_outputs(tracker, study_dir, paths, report)
-    summary_stage(cfg, data, study_dir, table, report, concurrent, pretrain, trials, progress)
+    summary_stage(cfg, data, study_dir, table, report, concurrent, pretrain, trials, tracker, progress)
     unfinished = len(points) - sum(e["status"] in ENDED for e in trials.values())
     if unfinished:
         progress.say(f"{unfinished} trials did not finish (failed or interrupted); run the same command again "
@@ -299,15 +300,15 @@ def trust_stage(table: pd.DataFrame, data: StudyData, cfg: StudyConfig, study_di
 def analysis_stage(table: pd.DataFrame, study_dir: Path, seed: int, tracker: StudyTracker,
                    progress: Progress) -> dict:
     """Laws, effective data, findings and figures (`scaling.analysis.analyse`), then the trust figures and
-    fits: reliability diagrams and the laws of calibration error and localisation (trust_fits.json)."""
-    report = analyse(table, study_dir, seed, progress.say)
+    fits: reliability diagrams and the laws of calibration error and localisation (trust_fits.json). What the
+    analysis notes (axes without laws) goes to summary.md, not the screen: `report["notes"]`."""
+    notes: list[str] = []
+    report = analyse(table, study_dir, seed, notes.append)
     figures = trust_figures(table, study_dir, seed)
     if figures:
         tracker.log_files([study_dir / FITS_FILE])
-        progress.say("trust of the tuned models on test (ECE before / after temperature T; seed-mean AUC against "
-                     "the seeds' ensemble; pointing game against the lesion-area baseline):\n"
-                     + trust_table(table).to_string(index=False, float_format="%.3f"))
     report["figures"] += [str(p) for p in figures]
+    report["notes"] = notes
     return report
 
 
@@ -326,12 +327,18 @@ def log_outputs(tracker: StudyTracker, study_dir: Path, tables: list[Path], repo
 
 
 def summary_stage(cfg: StudyConfig, data: StudyData, study_dir: Path, table: pd.DataFrame, report: dict,
-                  concurrent: int, pretrain: dict, trials: dict, progress: Progress) -> None:
-    """summary.json, and the summary printed at the end of the study."""
+                  concurrent: int, pretrain: dict, trials: dict, tracker: StudyTracker, progress: Progress) -> None:
+    """summary.json and summary.md (the full tables, also on the parent MLflow run), and the answer printed
+    last: at most 15 lines, the same the dashboard opens with (`scaling.analysis.answer`)."""
     summary = study_summary(cfg, study_dir, table, report, concurrent, pretrain, trials)
     summary["leakage"] = data.leakage  # per source: near-duplicates of target val/test images, images removed
+    summary["answer"] = answer_lines(study_dir, summary["dashboard"])
+    summary["summary_md"] = str(study_dir / SUMMARY_MD)
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print_summary(summary, report, progress)
+    publish_file(study_dir / SUMMARY_MD, summary_markdown(study_dir, summary["answer"], report.get("notes", []),
+                                                          time_line(summary)).encode())
+    tracker.log_files([study_dir / SUMMARY_MD, study_dir / "summary.json"])
+    print_summary(summary, progress)
 
 
 def study_summary(cfg: StudyConfig, study_dir: Path, table: pd.DataFrame, report: dict, concurrent: int,
@@ -355,23 +362,14 @@ def study_summary(cfg: StudyConfig, study_dir: Path, table: pd.DataFrame, report
     }
 
 
-def print_summary(summary: dict, report: dict, progress: Progress) -> None:
-    if "table" in report:
-        table = report["table"].to_string(index=False, float_format="%.3f")
-        progress.say(f"tuned test ROC-AUC (mean over seeds, sd between them):\n{table}")
-    if summary["fits"]:
-        progress.say("fitted laws of test error (1 - AUC) against pre-training images, 95% intervals:\n  "
-                     + "\n  ".join(describe_fits(summary["fits"])))
-    if report.get("effective_data"):
-        progress.say("effective data transferred D_T (target images a scratch model would need beyond the "
-                     "fine-tuned one's), 95% intervals:\n  " + "\n  ".join(describe_transfer(report["effective_data"])))
-    if report.get("findings"):
-        table = findings_table(report["findings"]).to_string(index=False, max_colwidth=80)
-        progress.say(f"findings (paired bootstrap of test AUC differences):\n{table}")
-    if summary["jobs_timed"]:
-        progress.say(f"time: {summary['wall_seconds']:.0f} s for training stages; train+eval steps "
-                     f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
-                     f"about {summary['overhead_seconds_per_job']} s overhead per job")
-    dashboard = f"\ndashboard: {summary['dashboard']}" if summary["dashboard"] else ""
-    progress.say(f"outputs: {summary['study_dir']} (results.parquet, fits.json, findings.json, figures/, "
-                 f"summary.json){dashboard}")
+def time_line(summary: dict) -> str:
+    if not summary["jobs_timed"]:
+        return "no job was timed"
+    return (f"{summary['wall_seconds']:.0f} s for training stages; train+eval steps "
+            f"{summary['train_eval_share_of_wall']:.0%} of {summary['concurrent_jobs']} job slots; "
+            f"about {summary['overhead_seconds_per_job']} s overhead per job")
+
+
+def print_summary(summary: dict, progress: Progress) -> None:
+    """The answer, the last screen of a study; its first line carries the clock like every progress line."""
+    progress.say("\n".join(summary["answer"]))

@@ -2,6 +2,7 @@
 headless Chromium."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def test_the_smoke_study_dashboard_in_a_real_browser(smoke_study):
         browser.get(page.as_uri())
         WebDriverWait(browser, 120).until(lambda b: b.execute_script("return document.body.dataset.ready"))
         assert browser.execute_script("return document.body.dataset.ready") == "true"
+        # the page opens with the answer the study printed last, then what its grid lacks, then the views
+        sections = [e.get_attribute("id") or e.text for e in browser.find_elements(
+            "css selector", "body > section, body > div#filters, body > h2")]
+        assert sections[:3] == ["answer", "lacks", "filters"], sections
+        answer = json.loads((out / "summary.json").read_text())["answer"]
+        assert browser.find_element("css selector", "#answer pre").text.splitlines() == answer
         views = browser.find_elements("css selector", "div.view")
         assert views and all(v.find_elements("css selector", "svg g.mark-symbol") for v in views)
         rows = lambda: len(browser.find_elements("css selector", "#trials tbody tr"))  # noqa: E731
