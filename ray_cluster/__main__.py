@@ -1,6 +1,7 @@
 """`python -m ray_cluster submit|status`: run a study on a Slurm cluster and follow it (see ray_cluster/README.md).
 
-`check-ports`, `wait-for` and `wait-nodes` are the checks the job script runs on its nodes."""
+`credentials` makes the study's secrets; `check-ports`, `wait-for` and `wait-nodes` are the checks the job script
+runs on its nodes."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ray_cluster.allocation import Allocation, AllocationError, check_allocation
+from ray_cluster.credentials import make_credentials
 from ray_cluster.in_job import StartupError, check_ports, wait_for, wait_for_nodes
 from ray_cluster.job_script import JobRequest, check_time
 from ray_cluster.sites import DEFAULT_PORTS, SITES
@@ -52,17 +54,21 @@ def _submit(args) -> int:
     if site.cpus_per_node <= 0:
         raise ValueError(f"--site {site.name}: give the CPUs of one node with --cpus-per-node "
                          "(and its GPUs with --gpus-per-node)")
-    for warning in check_allocation(cfg.resources, cfg.sweep,
-                                    Allocation(args.nodes, site.gpus_per_node, site.cpus_per_node,
-                                               f"{args.nodes} node(s) of {site.name}")):
-        print(f"ray_cluster: warning: {warning}", file=sys.stderr)
+    if args.rehearse:
+        print(f"ray_cluster: a rehearsal of {args.config}: its resources are not checked against the nodes (the "
+              "rehearsal runs on their CPUs)", file=sys.stderr)
+    else:
+        for warning in check_allocation(cfg.resources, cfg.sweep,
+                                        Allocation(args.nodes, site.gpus_per_node, site.cpus_per_node,
+                                                   f"{args.nodes} node(s) of {site.name}")):
+            print(f"ray_cluster: warning: {warning}", file=sys.stderr)
     study_dir = Path(args.out or cfg.study_dir).resolve()
     req = JobRequest(
         config=Path(args.config).resolve(), study_dir=study_dir, project_root=PROJECT_ROOT, nodes=args.nodes,
         time=args.time, account=account, site=site, overrides=tuple(args.overrides),
         signal_before_s=args.signal_before, env_setup=args.env_setup, study_cmd=tuple(shlex.split(args.study_cmd)),
         mlflow_backend_uri=args.mlflow_db, ray_auth=args.ray_auth, ports={**DEFAULT_PORTS, **dict(args.port)},
-        max_jobs=args.max_jobs, job_name=f"study-{cfg.name}"[:64])
+        max_jobs=args.max_jobs, rehearse=args.rehearse, job_name=f"study-{cfg.name}"[:64])
     check_time(req)
     if args.dry_run:
         script = write_job_script(req, Path(args.config))
@@ -96,12 +102,20 @@ def _wait_nodes(args) -> int:
         config = pool.submit(load_config, args.config, args.override)
         nodes = wait_for_nodes(args.address, args.nodes, args.timeout, args.watch, args.logs)
         cfg = config.result()
+    if args.rehearse:
+        print(f"ray_cluster: {len(nodes)} Ray node(s) up for a rehearsal")
+        return 0
     gpus = min(n["Resources"].get("GPU", 0) for n in nodes)
     cpus = min(n["Resources"].get("CPU", 0) for n in nodes)
     for warning in check_allocation(cfg.resources, cfg.sweep,
                                     Allocation(len(nodes), gpus, cpus, "the Ray cluster of this job")):
         print(f"ray_cluster: warning: {warning}", file=sys.stderr)
     print(f"ray_cluster: {len(nodes)} Ray node(s) up, {gpus:g} GPUs and {cpus:g} CPUs each (the smallest node)")
+    return 0
+
+
+def _credentials(args) -> int:
+    make_credentials(Path(args.slurm_dir), ray_token=args.ray_token)
     return 0
 
 
@@ -154,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"move a fixed port; names: {', '.join(DEFAULT_PORTS)}")
     s.add_argument("--study-cmd", default="", metavar="CMD",
                    help="run this instead of 'python studies/scaling_law.py' (same arguments)")
+    s.add_argument("--rehearse", action="store_true",
+                   help="rehearse the study: every job runs it with --rehearse (studies/scaling_law.py --help)")
     s.add_argument("--dry-run", action="store_true", help="write <study dir>/slurm/job.sbatch, do not submit")
     s.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     s.set_defaults(run=_submit)
@@ -168,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--node", required=True)
     c.add_argument("ports", nargs="+", type=_name_value, metavar="NAME=PORT")
     c.set_defaults(run=_check_ports)
+
+    k = sub.add_parser("credentials")
+    k.add_argument("slurm_dir")
+    k.add_argument("--ray-token", action="store_true")
+    k.set_defaults(run=_credentials)
 
     for name, run in (("wait-for", _wait_for), ("wait-nodes", _wait_nodes)):
         w = sub.add_parser(name)
@@ -184,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
             w.add_argument("--nodes", type=int, required=True)
             w.add_argument("--config", required=True)
             w.add_argument("--override", action="append", default=[])
+            w.add_argument("--rehearse", action="store_true", help="skip the check of the config's resources")
     return p
 
 
