@@ -1,19 +1,25 @@
 """ray_cluster on a real Slurm (the one-node cluster .ci/setup_slurm.sh starts): the smoke study submitted with
-`python -m ray_cluster submit`, and a chain of jobs stopped by the time-limit signal, resubmitted and resumed.
+`python -m ray_cluster submit` (no secret in anything it wrote), and a chain of jobs stopped by the time-limit
+signal, resubmitted and resumed, whose first job's MLflow server and Ray dashboard are asked without their login.
 Where Slurm is not running these tests skip with the reason; under CI (CI=true) they fail instead."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
+from ray_cluster.credentials import MLFLOW_PASSWORD, MLFLOW_USER, MLFLOW_USERS_DB, RAY_TOKEN
 from ray_cluster.slurm import ACTIVE, job_states
 from ray_cluster.study_jobs import read_jobs
 from test_ray_two_nodes import _free_ports
@@ -47,14 +53,32 @@ def node_cpus() -> int:
     return int(idle.stdout.split()[0])
 
 
+def _cancel_jobs(study_dir: Path) -> None:
+    ids = [row[0] for row in read_jobs(study_dir)]
+    active = [j for j, s in job_states(ids).items() if s.state in ACTIVE]
+    if active:
+        subprocess.run(["scancel", *active])
+
+
 @pytest.fixture
 def study_dir(tmp_path):
     """The study directory; every job of it that is still queued or running is cancelled afterwards."""
     yield tmp_path / "study"
-    ids = [row[0] for row in read_jobs(tmp_path / "study")]
-    active = [j for j, s in job_states(ids).items() if s.state in ACTIVE]
-    if active:
-        subprocess.run(["scancel", *active])
+    _cancel_jobs(tmp_path / "study")
+
+
+@pytest.fixture(scope="module")
+def resubmitted_chain(node_cpus, tmp_path_factory):
+    """A chain of jobs of the stand-in study (a rehearsal: --rehearse must reach every job), submitted once for
+    the test that asks its first job's servers for their login and the test that follows the chain to its end.
+    3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
+    stand-in's first attempt runs until that signal, a resumed one completes 5 steps later."""
+    study_dir = tmp_path_factory.mktemp("chain") / "study"
+    started = time.time()
+    _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4", "--rehearse",
+            f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
+    yield study_dir, started
+    _cancel_jobs(study_dir)
 
 
 def _submit(study_dir: Path, cpus: int, *extra: str) -> None:
@@ -135,13 +159,80 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cp
     assert {r.info.status for r in children} == {"FINISHED"}
     _assert_nothing_left(study_dir, [job_id])
 
+    # the study logged in with the job's password; neither it nor Ray's token went anywhere but their files
+    secrets = {name: (study_dir / "slurm" / name).read_text().strip() for name in (MLFLOW_PASSWORD, RAY_TOKEN)}
+    for run in runs:
+        logged = [*run.data.params.items(), *run.data.tags.items()]
+        assert not [(k, v) for k, v in logged for secret in secrets.values() if secret in v]
+    found = [(path, name) for path in study_dir.rglob("*") if path.is_file() and path.name not in secrets
+             for name, secret in secrets.items() if secret.encode() in path.read_bytes()]
+    assert not found, f"secrets written to: {found}"
 
-def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir, capsys):
-    started = time.time()
-    # 3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
-    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later
-    _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4",
-            f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
+
+def _http(url: str, authorization: str = "", body: dict | None = None) -> int:
+    """The HTTP status of a GET (or, with a body, a JSON POST) to `url`."""
+    headers = {"Content-Type": "application/json", **({"Authorization": authorization} if authorization else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _cluster_of_a_running_study(study_dir: Path, timeout: float) -> dict[str, str]:
+    """cluster.env of a job whose stand-in study has started (its cluster is up until the study stops)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        env_file = study_dir / "slurm" / "cluster.env"
+        if env_file.is_file() and (study_dir / "standin_state.json").is_file():
+            env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+            state = job_states([env["JOB_ID"]]).get(env["JOB_ID"])
+            if state and state.state == "RUNNING":
+                return env
+        time.sleep(1)
+    pytest.fail(f"no job of {study_dir} brought its cluster up within {timeout} s")
+
+
+def test_mlflow_and_the_ray_dashboard_refuse_requests_without_the_study_login(resubmitted_chain):
+    study_dir, _ = resubmitted_chain
+    env = _cluster_of_a_running_study(study_dir, timeout=300)
+    slurm = study_dir / "slurm"
+    for name in (MLFLOW_PASSWORD, RAY_TOKEN, MLFLOW_USERS_DB):
+        assert stat.S_IMODE((slurm / name).stat().st_mode) == 0o600, name
+    password, token = (slurm / MLFLOW_PASSWORD).read_text().strip(), (slurm / RAY_TOKEN).read_text().strip()
+
+    # MLflow's REST API on the head node's address, as any account of the cluster reaches it
+    mlflow = f"http://{env['HEAD_IP']}:{env['PORT_MLFLOW']}"
+    experiment = f"{mlflow}/api/2.0/mlflow/experiments/get?experiment_id=0"
+    assert _http(f"{mlflow}/health") == 200
+    assert _http(experiment) == 401
+    assert _http(experiment, _basic(MLFLOW_USER, "not-the-password")) == 401
+    assert _http(experiment, _basic(MLFLOW_USER, password)) == 200
+    # another user of the same server (only the study's admin can make one) sees nothing of the study
+    other = {"username": "colleague", "password": "another-users-password"}
+    assert _http(f"{mlflow}/api/2.0/mlflow/users/create", body=other) == 401
+    assert _http(f"{mlflow}/api/2.0/mlflow/users/create", _basic(MLFLOW_USER, password), other) == 200
+    assert _http(experiment, _basic(other["username"], other["password"])) == 403
+
+    # Ray's token mode covers the dashboard's HTTP API (all but the page's shell and health checks)
+    dashboard = f"http://{env['HEAD_IP']}:{env['PORT_DASHBOARD']}/api/version"
+    assert _http(dashboard) == 401
+    assert _http(dashboard, "Bearer not-the-token") == 403
+    assert _http(dashboard, f"Bearer {token}") == 200
+
+    # no process shows a secret on its command line (what `ps` shows every account)
+    shown = [" ".join(p.info["cmdline"])[:200] for p in psutil.process_iter(["cmdline"])
+             if any(secret in " ".join(p.info["cmdline"] or ()) for secret in (password, token))]
+    assert not shown, shown
+
+
+def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(resubmitted_chain, capsys):
+    study_dir, started = resubmitted_chain
     job_ids = _wait_for_chain(study_dir, timeout=720)
     _say(capsys, f"resubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
     logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
@@ -162,6 +253,7 @@ def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, 
     # each attempt resumed where the one before stopped: no step lost or done twice
     assert all(b["from"] == a["to"] for a, b in zip(attempts, attempts[1:]))
     assert json.loads((study_dir / "summary.json").read_text()) == {"steps": attempts[-1]["to"]}
-    assert all(a["mlflow"] == 200 for a in attempts)
+    # every job ran the study as a rehearsal, logged in to MLflow, its Ray nodes too
+    assert all(a["mlflow"] == 200 and a["nodes_logged_in"] and a["rehearse"] for a in attempts), attempts
     assert f"JOB_ID={job_ids[-1]}\n" in (study_dir / "slurm" / "cluster.env").read_text()
     _assert_nothing_left(study_dir, job_ids)
