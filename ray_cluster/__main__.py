@@ -1,7 +1,6 @@
 """`python -m ray_cluster submit|status`: run a study on a Slurm cluster and follow it (see ray_cluster/README.md).
 
-`credentials` makes the study's secrets; `check-ports`, `wait-for` and `wait-nodes` are the checks the job script
-runs on its nodes."""
+`check-ports`, `wait-for` and `wait-nodes` are the checks the job script runs on its nodes."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ray_cluster.allocation import Allocation, AllocationError, check_allocation
-from ray_cluster.credentials import make_credentials
 from ray_cluster.in_job import StartupError, check_ports, wait_for, wait_for_nodes
 from ray_cluster.job_script import JobRequest, check_time
 from ray_cluster.sites import DEFAULT_PORTS, SITES
@@ -114,11 +112,6 @@ def _wait_nodes(args) -> int:
     return 0
 
 
-def _credentials(args) -> int:
-    make_credentials(Path(args.slurm_dir), ray_token=args.ray_token)
-    return 0
-
-
 def _name_value(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or not value.isdigit():
@@ -184,11 +177,6 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--node", required=True)
     c.add_argument("ports", nargs="+", type=_name_value, metavar="NAME=PORT")
     c.set_defaults(run=_check_ports)
-
-    k = sub.add_parser("credentials")
-    k.add_argument("slurm_dir")
-    k.add_argument("--ray-token", action="store_true")
-    k.set_defaults(run=_credentials)
 
     for name, run in (("wait-for", _wait_for), ("wait-nodes", _wait_nodes)):
         w = sub.add_parser(name)

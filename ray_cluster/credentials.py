@@ -11,7 +11,9 @@ system where every node of a job finds them and no other account of the cluster 
   `mlflow_users.db` (password hashes) is created private too.
 
 Each secret is made once per study (the jobs of a chain share it) with `secrets`, in a file created with mode 0600
-(never readable by others, not even for a moment); a secret file that others can read stops the job."""
+(never readable by others, not even for a moment); a secret file that others can read stops the job.
+
+The job script makes them with `python -m ray_cluster.make_credentials` before it starts anything."""
 from __future__ import annotations
 
 import os
@@ -65,9 +67,9 @@ def check_private(path: Path) -> None:
     """StartupError when others than the owner may read or write `path`."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise StartupError(f"{path} has mode {mode:04o}: other accounts may have read this secret; delete it (and "
-                           f"{path.with_name(MLFLOW_USERS_DB)} if it is {MLFLOW_PASSWORD}), the next job makes a new "
-                           "one readable only by you")
+        users = f" and {path.with_name(MLFLOW_USERS_DB)}" if path.name == MLFLOW_PASSWORD else ""
+        raise StartupError(f"{path} has mode {mode:04o}: other accounts may have read this secret; delete it{users}, "
+                           "the next job makes a new one readable only by you")
 
 
 def _create_private(path: Path, exclusive: bool) -> int:

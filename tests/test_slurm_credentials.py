@@ -19,6 +19,7 @@ from ray_cluster.credentials import (MLFLOW_AUTH_INI, MLFLOW_PASSWORD, MLFLOW_US
                                      make_credentials, private_secret)
 from ray_cluster.in_job import StartupError
 from ray_cluster.job_script import rendered_setting
+from ray_cluster.make_credentials import main as make_credentials_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = PROJECT_ROOT / "studies" / "configs" / "smoke.yaml"
@@ -67,13 +68,14 @@ def test_secrets_are_private_from_their_creation_and_kept_for_the_next_job(tmp_p
     assert password.strip() not in (slurm / MLFLOW_AUTH_INI).read_text()
 
 
-def test_a_secret_others_can_read_stops_the_job_and_an_empty_one_is_made_anew(tmp_path):
+def test_a_secret_others_can_read_stops_the_job_and_an_empty_one_is_made_anew(tmp_path, capsys):
     exposed = tmp_path / MLFLOW_PASSWORD
     exposed.write_text("abc\n")
     exposed.chmod(0o644)
     with pytest.raises(StartupError, match=rf"{MLFLOW_PASSWORD} has mode 0644: other accounts may have read"):
         private_secret(exposed)
-    assert exposed.read_text() == "abc\n"
+    assert make_credentials_command([str(tmp_path)]) == 1  # the job stops at its first step
+    assert "delete it and" in capsys.readouterr().err and exposed.read_text() == "abc\n"
     empty = tmp_path / RAY_TOKEN
     empty.touch(mode=0o600)
     private_secret(empty)
