@@ -79,13 +79,13 @@ def smoke_job(node_cpus, tmp_path_factory):
     _cancel_jobs(study_dir)
 
 
-def _submit(study_dir: Path, cpus: int, *extra: str) -> None:
+def _submit(study_dir: Path, cpus: int, *extra: str, config: Path = SMOKE) -> None:
     names = ["gcs", "dashboard", "client", "mlflow", "node-manager", "object-manager", "agent-grpc", "agent-http",
              "runtime-env-agent", "metrics"]
     ports = [f"--port={n}={p}" for n, p in zip(names, _free_ports(len(names)))]
     ports += [f"--port=min-worker={WORKER_PORTS[0]}", f"--port=max-worker={WORKER_PORTS[1]}"]
     proc = subprocess.run(
-        [sys.executable, "-m", "ray_cluster", "submit", "--config", str(SMOKE), "--nodes", "1", "--site", "generic",
+        [sys.executable, "-m", "ray_cluster", "submit", "--config", str(config), "--nodes", "1", "--site", "generic",
          "--cpus-per-node", str(cpus), "--account", "ci", "--out", str(study_dir), *ports, *extra],
         capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr
