@@ -42,7 +42,7 @@ def make_credentials(slurm_dir: Path, ray_token: bool) -> None:
     users = slurm_dir / MLFLOW_USERS_DB
     os.close(_create_private(users, exclusive=False))  # SQLite keeps an existing file's mode, its journals too
     (slurm_dir / MLFLOW_AUTH_INI).write_text(
-        "# written by python -m ray_cluster (ray_cluster/credentials.py) for the study's MLflow server\n"
+        "# written by python -m ray_cluster.make_credentials for the study's MLflow server (MLFLOW_AUTH_CONFIG_PATH)\n"
         "[mlflow]\n"
         f"default_permission = {OTHERS_MAY}\n"
         f"database_uri = sqlite:///{users.resolve()}\n"
