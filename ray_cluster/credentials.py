@@ -31,6 +31,8 @@ MLFLOW_USERS_DB = "mlflow_users.db"
 MLFLOW_USER = "study"
 #: what any other user of the server may do with the study's experiments and runs: nothing
 OTHERS_MAY = "NO_PERMISSIONS"
+#: how long the server trusts a login it has checked
+AUTH_CACHE_S = 600
 
 
 def make_credentials(slurm_dir: Path, ray_token: bool) -> None:
@@ -47,7 +49,10 @@ def make_credentials(slurm_dir: Path, ray_token: bool) -> None:
         f"default_permission = {OTHERS_MAY}\n"
         f"database_uri = sqlite:///{users.resolve()}\n"
         f"admin_username = {MLFLOW_USER}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # checking a password costs about 0.1-0.5 s of CPU (scrypt); without the cache every REST call of the study
+        # pays it; the server has one worker, so a password changed through the API is never served stale
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n")
 
 
 def private_secret(path: Path) -> None:

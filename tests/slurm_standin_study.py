@@ -49,7 +49,7 @@ def main() -> int:
     login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
     request = urllib.request.Request(f"{args.tracking_uri}/api/2.0/mlflow/experiments/get?experiment_id=0",
                                      headers={"Authorization": "Basic " + base64.b64encode(login.encode()).decode()})
-    with urllib.request.urlopen(request, timeout=10) as r:
+    with urllib.request.urlopen(request, timeout=120) as r:  # the server's first login check is slow on a busy node
         attempt["mlflow"] = r.status
     import ray
 

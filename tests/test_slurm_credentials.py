@@ -64,7 +64,8 @@ def test_secrets_are_private_from_their_creation_and_kept_for_the_next_job(tmp_p
     assert dict(ini["mlflow"]) == {
         "default_permission": "NO_PERMISSIONS", "admin_username": MLFLOW_USER,
         "database_uri": f"sqlite:///{(slurm / MLFLOW_USERS_DB).resolve()}",
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": "600"}
     assert password.strip() not in (slurm / MLFLOW_AUTH_INI).read_text()
 
 
