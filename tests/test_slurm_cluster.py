@@ -230,10 +230,11 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(smoke_j
 
 def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir, capsys):
     started = time.time()
-    # 3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
-    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later; a rehearsal, so
-    # --rehearse must reach the study of every job
-    _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4", "--rehearse",
+    # 4 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
+    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later (a job's cluster,
+    # MLflow's login included, took up to 2.5 min to start on a busy machine); a rehearsal, so --rehearse must
+    # reach the study of every job
+    _submit(study_dir, node_cpus, "--time=4", "--signal-before=60", "--max-jobs=4", "--rehearse",
             f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
     job_ids = _wait_for_chain(study_dir, timeout=720)
     _say(capsys, f"resubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
