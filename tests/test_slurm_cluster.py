@@ -236,7 +236,7 @@ def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, 
     # reach the study of every job
     _submit(study_dir, node_cpus, "--time=4", "--signal-before=60", "--max-jobs=4", "--rehearse",
             f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
-    job_ids = _wait_for_chain(study_dir, timeout=720)
+    job_ids = _wait_for_chain(study_dir, timeout=960)
     _say(capsys, f"resubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
     logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
     assert len(job_ids) >= 2, logs
