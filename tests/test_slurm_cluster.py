@@ -151,8 +151,11 @@ def _cluster_up(study_dir: Path, timeout: float) -> dict[str, str]:
             state = job_states([env["JOB_ID"]]).get(env["JOB_ID"])
             if state and state.state == "RUNNING":
                 return env
+        if not any(s.state in ACTIVE for s in job_states([row[0] for row in read_jobs(study_dir)]).values()):
+            break  # the job ended without bringing its cluster up
         time.sleep(1)
-    pytest.fail(f"no job of {study_dir} brought its cluster up within {timeout} s")
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted((study_dir / "slurm").glob("*.out")))
+    pytest.fail(f"no job of {study_dir} brought its cluster up within {timeout} s:\n{logs}")
 
 
 def test_mlflow_and_the_ray_dashboard_refuse_requests_without_the_study_login(smoke_job):
