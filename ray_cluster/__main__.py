@@ -52,17 +52,21 @@ def _submit(args) -> int:
     if site.cpus_per_node <= 0:
         raise ValueError(f"--site {site.name}: give the CPUs of one node with --cpus-per-node "
                          "(and its GPUs with --gpus-per-node)")
-    for warning in check_allocation(cfg.resources, cfg.sweep,
-                                    Allocation(args.nodes, site.gpus_per_node, site.cpus_per_node,
-                                               f"{args.nodes} node(s) of {site.name}")):
-        print(f"ray_cluster: warning: {warning}", file=sys.stderr)
+    if args.rehearse:
+        print(f"ray_cluster: a rehearsal of {args.config}: its resources are not checked against the nodes (the "
+              "rehearsal runs on their CPUs)", file=sys.stderr)
+    else:
+        for warning in check_allocation(cfg.resources, cfg.sweep,
+                                        Allocation(args.nodes, site.gpus_per_node, site.cpus_per_node,
+                                                   f"{args.nodes} node(s) of {site.name}")):
+            print(f"ray_cluster: warning: {warning}", file=sys.stderr)
     study_dir = Path(args.out or cfg.study_dir).resolve()
     req = JobRequest(
         config=Path(args.config).resolve(), study_dir=study_dir, project_root=PROJECT_ROOT, nodes=args.nodes,
         time=args.time, account=account, site=site, overrides=tuple(args.overrides),
         signal_before_s=args.signal_before, env_setup=args.env_setup, study_cmd=tuple(shlex.split(args.study_cmd)),
         mlflow_backend_uri=args.mlflow_db, ray_auth=args.ray_auth, ports={**DEFAULT_PORTS, **dict(args.port)},
-        max_jobs=args.max_jobs, job_name=f"study-{cfg.name}"[:64])
+        max_jobs=args.max_jobs, rehearse=args.rehearse, job_name=f"study-{cfg.name}"[:64])
     check_time(req)
     if args.dry_run:
         script = write_job_script(req, Path(args.config))
@@ -96,6 +100,9 @@ def _wait_nodes(args) -> int:
         config = pool.submit(load_config, args.config, args.override)
         nodes = wait_for_nodes(args.address, args.nodes, args.timeout, args.watch, args.logs)
         cfg = config.result()
+    if args.rehearse:
+        print(f"ray_cluster: {len(nodes)} Ray node(s) up for a rehearsal")
+        return 0
     gpus = min(n["Resources"].get("GPU", 0) for n in nodes)
     cpus = min(n["Resources"].get("CPU", 0) for n in nodes)
     for warning in check_allocation(cfg.resources, cfg.sweep,
@@ -154,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"move a fixed port; names: {', '.join(DEFAULT_PORTS)}")
     s.add_argument("--study-cmd", default="", metavar="CMD",
                    help="run this instead of 'python studies/scaling_law.py' (same arguments)")
+    s.add_argument("--rehearse", action="store_true",
+                   help="rehearse the study: every job runs it with --rehearse (studies/scaling_law.py --help)")
     s.add_argument("--dry-run", action="store_true", help="write <study dir>/slurm/job.sbatch, do not submit")
     s.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     s.set_defaults(run=_submit)
@@ -184,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
             w.add_argument("--nodes", type=int, required=True)
             w.add_argument("--config", required=True)
             w.add_argument("--override", action="append", default=[])
+            w.add_argument("--rehearse", action="store_true", help="skip the check of the config's resources")
     return p
 
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray_cluster.credentials import MLFLOW_USER
 from ray_cluster.sites import DEFAULT_PORTS, Site
 
 TEMPLATE = Path(__file__).with_name("juwels_booster.sbatch")
@@ -42,6 +43,8 @@ class JobRequest:
     mlflow_backend_uri: str = ""
     ray_auth: str = "token"
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: run the study with --rehearse (a rehearsal of the config on CPUs, see studies/scaling_law.py)
+    rehearse: bool = False
     node_wait_s: int = 300
     max_jobs: int = 10
     job_name: str = "scaling-study"
@@ -140,7 +143,9 @@ def _settings(req: JobRequest) -> dict[str, str | tuple[str, ...]]:
         "HOST_SUFFIX": site.host_suffix,
         "SOCKET_IFNAME": site.socket_ifname,
         "NODE_TMP": site.node_tmp,
+        "STUDY_REHEARSE": "1" if req.rehearse else "",
         "RAY_AUTH": req.ray_auth,
+        "MLFLOW_USER": MLFLOW_USER,
         "MLFLOW_BACKEND_URI": req.mlflow_backend_uri,
         "LOGIN_HOST": site.login_host,
         "NODE_WAIT_S": str(req.node_wait_s),
@@ -164,6 +169,14 @@ def _rewrite_settings(lines: list[str], settings: dict[str, str | tuple[str, ...
     if missing:
         raise KeyError(f"settings missing from the template's settings block: {', '.join(sorted(missing))}")
     return lines[:start + 1] + block + lines[end:]
+
+
+def rendered_setting(script: str, name: str) -> str:
+    """The value of a one-word setting in a rendered job script ("" when it is empty or absent)."""
+    for line in script.splitlines():
+        if line.startswith(f"{name}="):
+            return " ".join(shlex.split(line.partition("=")[2], comments=True))
+    return ""
 
 
 def _shell(value: str | tuple[str, ...]) -> str:

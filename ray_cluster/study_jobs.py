@@ -3,7 +3,7 @@
 Everything lives in `<study dir>/slurm/`: job.sbatch (the rendered script every job of the chain runs),
 config.yaml (the config they read), jobs.tsv (one line per job: id, position in its chain, submission time,
 note), cluster.env (head node and ports of the latest job that brought its cluster up), <job id>.out (the job's
-log) and <job id>/ (its Ray and MLflow logs)."""
+log), <job id>/ (its Ray and MLflow logs) and the study's secrets and MLflow auth settings (`credentials`)."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +11,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from ray_cluster.job_script import JobRequest, render_job
+from ray_cluster.credentials import MLFLOW_PASSWORD, MLFLOW_USER, RAY_TOKEN
+from ray_cluster.job_script import JobRequest, render_job, rendered_setting
 from ray_cluster.slurm import ACTIVE, SlurmError, job_states, sbatch
 
 SUMMARY_FILE = "summary.json"
@@ -83,6 +84,9 @@ def study_status(study_dir: Path) -> str:
         state = f"in progress: job {active[-1]} is {states[active[-1]].state}"
     else:
         state = "not running and not completed: submit it again to resume it (see the last job's log)"
+    script = slurm_dir(study_dir) / "job.sbatch"
+    if script.is_file() and rendered_setting(script.read_text(), "STUDY_REHEARSE"):
+        state += " (a rehearsal: its jobs run the study with --rehearse)"
     lines = [f"study  {study_dir}", f"state  {state}{note}", "jobs"]
     for job_id, position, when, why in jobs:
         s = states.get(job_id)
@@ -101,7 +105,12 @@ def _tunnel(study_dir: Path, active: list[str]) -> list[str]:
         return []
     host, dash, mlflow = env["HEAD_HOST"], env["PORT_DASHBOARD"], env["PORT_MLFLOW"]
     login = env.get("LOGIN_HOST") or "<login node>"
+    secrets = slurm_dir(study_dir).resolve()
+    ray_login = (f"it asks for the token in {secrets / RAY_TOKEN}" if env.get("RAY_AUTH", "token") == "token"
+                 else "no token: --ray-auth disabled")
     return [f"head   {host} ({env['HEAD_IP']}), Ray at {env['HEAD_IP']}:{env['PORT_GCS']}",
             "from a laptop, forward the Ray dashboard and the MLflow UI through the login node:",
             f"  ssh -N -L {dash}:{host}:{dash} -L {mlflow}:{host}:{mlflow} <user>@{login}",
-            f"  then open http://localhost:{dash} (Ray) and http://localhost:{mlflow} (MLflow)"]
+            f"  then open http://localhost:{dash} (Ray; {ray_login})",
+            f"  and http://localhost:{mlflow} (MLflow; log in as user {MLFLOW_USER} with the password in "
+            f"{secrets / MLFLOW_PASSWORD}, which only you can read: cat it on the login node)"]

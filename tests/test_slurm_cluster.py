@@ -1,19 +1,26 @@
 """ray_cluster on a real Slurm (the one-node cluster .ci/setup_slurm.sh starts): the smoke study submitted with
-`python -m ray_cluster submit`, and a chain of jobs stopped by the time-limit signal, resubmitted and resumed.
+`python -m ray_cluster submit`, whose MLflow server and Ray dashboard are asked without the study's login while
+it runs, and which writes no secret anywhere; and a chain of jobs stopped by the time-limit signal, resubmitted
+and resumed (a rehearsal: --rehearse reaches every job's study, and each logs in to MLflow).
 Where Slurm is not running these tests skip with the reason; under CI (CI=true) they fail instead."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
+from ray_cluster.credentials import MLFLOW_PASSWORD, MLFLOW_USER, MLFLOW_USERS_DB, RAY_TOKEN
 from ray_cluster.slurm import ACTIVE, job_states
 from ray_cluster.study_jobs import read_jobs
 from test_ray_two_nodes import _free_ports
@@ -47,23 +54,38 @@ def node_cpus() -> int:
     return int(idle.stdout.split()[0])
 
 
-@pytest.fixture
-def study_dir(tmp_path):
-    """The study directory; every job of it that is still queued or running is cancelled afterwards."""
-    yield tmp_path / "study"
-    ids = [row[0] for row in read_jobs(tmp_path / "study")]
+def _cancel_jobs(study_dir: Path) -> None:
+    ids = [row[0] for row in read_jobs(study_dir)]
     active = [j for j, s in job_states(ids).items() if s.state in ACTIVE]
     if active:
         subprocess.run(["scancel", *active])
 
 
-def _submit(study_dir: Path, cpus: int, *extra: str) -> None:
+@pytest.fixture
+def study_dir(tmp_path):
+    """The study directory; every job of it that is still queued or running is cancelled afterwards."""
+    yield tmp_path / "study"
+    _cancel_jobs(tmp_path / "study")
+
+
+@pytest.fixture(scope="module")
+def smoke_job(node_cpus, tmp_path_factory):
+    """The smoke study submitted once, for the test that asks its servers for their login while it runs and the
+    test that checks what it wrote once it has ended."""
+    study_dir = tmp_path_factory.mktemp("smoke") / "study"
+    started = time.time()
+    _submit(study_dir, node_cpus, "--time=00:20:00", f"data.cache_dir={study_dir.parent / 'cache'}")
+    yield study_dir, started
+    _cancel_jobs(study_dir)
+
+
+def _submit(study_dir: Path, cpus: int, *extra: str, config: Path = SMOKE) -> None:
     names = ["gcs", "dashboard", "client", "mlflow", "node-manager", "object-manager", "agent-grpc", "agent-http",
              "runtime-env-agent", "metrics"]
     ports = [f"--port={n}={p}" for n, p in zip(names, _free_ports(len(names)))]
     ports += [f"--port=min-worker={WORKER_PORTS[0]}", f"--port=max-worker={WORKER_PORTS[1]}"]
     proc = subprocess.run(
-        [sys.executable, "-m", "ray_cluster", "submit", "--config", str(SMOKE), "--nodes", "1", "--site", "generic",
+        [sys.executable, "-m", "ray_cluster", "submit", "--config", str(config), "--nodes", "1", "--site", "generic",
          "--cpus-per-node", str(cpus), "--account", "ci", "--out", str(study_dir), *ports, *extra],
         capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -104,11 +126,75 @@ def _say(capsys, text: str) -> None:
         print(f"\n{text}")
 
 
-def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cpus, study_dir, capsys):
+def _http(url: str, authorization: str = "", body: dict | None = None) -> int:
+    """The HTTP status of a GET (or, with a body, a JSON POST) to `url`."""
+    headers = {"Content-Type": "application/json", **({"Authorization": authorization} if authorization else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _cluster_up(study_dir: Path, timeout: float) -> dict[str, str]:
+    """cluster.env of the study's running job, once its cluster is up (it stays up while the study runs)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        env_file = study_dir / "slurm" / "cluster.env"
+        if env_file.is_file():
+            env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+            state = job_states([env["JOB_ID"]]).get(env["JOB_ID"])
+            if state and state.state == "RUNNING":
+                return env
+        if not any(s.state in ACTIVE for s in job_states([row[0] for row in read_jobs(study_dir)]).values()):
+            break  # the job ended without bringing its cluster up
+        time.sleep(1)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted((study_dir / "slurm").glob("*.out")))
+    pytest.fail(f"no job of {study_dir} brought its cluster up within {timeout} s:\n{logs}")
+
+
+def test_mlflow_and_the_ray_dashboard_refuse_requests_without_the_study_login(smoke_job):
+    study_dir, _ = smoke_job
+    env = _cluster_up(study_dir, timeout=600)
+    slurm = study_dir / "slurm"
+    for name in (MLFLOW_PASSWORD, RAY_TOKEN, MLFLOW_USERS_DB):
+        assert stat.S_IMODE((slurm / name).stat().st_mode) == 0o600, name
+    password, token = (slurm / MLFLOW_PASSWORD).read_text().strip(), (slurm / RAY_TOKEN).read_text().strip()
+
+    # MLflow's REST API on the head node's address, as any account of the cluster reaches it
+    mlflow = f"http://{env['HEAD_IP']}:{env['PORT_MLFLOW']}"
+    experiment = f"{mlflow}/api/2.0/mlflow/experiments/get?experiment_id=0"
+    assert _http(f"{mlflow}/health") == 200
+    assert _http(experiment) == 401
+    assert _http(experiment, _basic(MLFLOW_USER, "not-the-password")) == 401
+    assert _http(experiment, _basic(MLFLOW_USER, password)) == 200
+    # another user of the same server (only the study's admin can make one) sees nothing of the study
+    other = {"username": "colleague", "password": "another-users-password"}
+    assert _http(f"{mlflow}/api/2.0/mlflow/users/create", body=other) == 401
+    assert _http(f"{mlflow}/api/2.0/mlflow/users/create", _basic(MLFLOW_USER, password), other) == 200
+    assert _http(experiment, _basic(other["username"], other["password"])) == 403
+
+    # Ray's token mode covers the dashboard's HTTP API (all but the page's shell and health checks)
+    dashboard = f"http://{env['HEAD_IP']}:{env['PORT_DASHBOARD']}/api/version"
+    assert _http(dashboard) == 401
+    assert _http(dashboard, "Bearer not-the-token") == 403
+    assert _http(dashboard, f"Bearer {token}") == 200
+
+    # no process shows a secret on its command line (what `ps` shows every account)
+    shown = [" ".join(p.info["cmdline"])[:200] for p in psutil.process_iter(["cmdline"])
+             if any(secret in " ".join(p.info["cmdline"] or ()) for secret in (password, token))]
+    assert not shown, shown
+
+
+def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(smoke_job, capsys):
     from mlflow.tracking import MlflowClient
 
-    started = time.time()
-    _submit(study_dir, node_cpus, "--time=00:20:00", f"data.cache_dir={study_dir.parent / 'cache'}")
+    study_dir, started = smoke_job
     (job_id,) = _wait_for_chain(study_dir, timeout=900)
     _say(capsys, f"sbatch smoke study: {time.time() - started:.0f} s wall from submission to the end of the job")
     log = (study_dir / "slurm" / f"{job_id}.out").read_text()
@@ -135,14 +221,25 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(node_cp
     assert {r.info.status for r in children} == {"FINISHED"}
     _assert_nothing_left(study_dir, [job_id])
 
+    # the study logged in with the job's password; neither it nor Ray's token went anywhere but their files
+    secrets = {name: (study_dir / "slurm" / name).read_text().strip() for name in (MLFLOW_PASSWORD, RAY_TOKEN)}
+    for run in runs:
+        logged = [*run.data.params.items(), *run.data.tags.items()]
+        assert not [(k, v) for k, v in logged for secret in secrets.values() if secret in v]
+    found = [(path, name) for path in study_dir.rglob("*") if path.is_file() and path.name not in secrets
+             for name, secret in secrets.items() if secret.encode() in path.read_bytes()]
+    assert not found, f"secrets written to: {found}"
+
 
 def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, study_dir, capsys):
     started = time.time()
-    # 3 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
-    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later
-    _submit(study_dir, node_cpus, "--time=3", "--signal-before=60", "--max-jobs=4",
+    # 4 minutes per job, the stop signal 60 s before the end (Slurm sends it up to 30 s earlier still): the
+    # stand-in's first attempt runs until that signal, a resumed one completes 5 steps later (a job's cluster,
+    # MLflow's login included, took up to 2.5 min to start on a busy machine); a rehearsal, so --rehearse must
+    # reach the study of every job
+    _submit(study_dir, node_cpus, "--time=4", "--signal-before=60", "--max-jobs=4", "--rehearse",
             f"--study-cmd={sys.executable} {STANDIN} --steps-after-resume 5")
-    job_ids = _wait_for_chain(study_dir, timeout=720)
+    job_ids = _wait_for_chain(study_dir, timeout=960)
     _say(capsys, f"resubmission test: {len(job_ids)} jobs, {time.time() - started:.0f} s wall")
     logs = {j: (study_dir / "slurm" / f"{j}.out").read_text() for j in job_ids}
     assert len(job_ids) >= 2, logs
@@ -162,6 +259,7 @@ def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, 
     # each attempt resumed where the one before stopped: no step lost or done twice
     assert all(b["from"] == a["to"] for a, b in zip(attempts, attempts[1:]))
     assert json.loads((study_dir / "summary.json").read_text()) == {"steps": attempts[-1]["to"]}
-    assert all(a["mlflow"] == 200 for a in attempts)
+    # every job ran the study as a rehearsal, logged in to MLflow, its Ray nodes too
+    assert all(a["mlflow"] == 200 and a["nodes_logged_in"] and a["rehearse"] for a in attempts), attempts
     assert f"JOB_ID={job_ids[-1]}\n" in (study_dir / "slurm" / "cluster.env").read_text()
     _assert_nothing_left(study_dir, job_ids)
