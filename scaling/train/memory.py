@@ -6,10 +6,13 @@ keeps the effective batch (`Recipe.batch_size`) whatever the micro-batch; checkp
 most of the activation memory. With `micro_batch: auto` the first worker measures the peak memory of
 forward/backward passes of the real model at two small micro-batches, extrapolates linearly in the batch
 (weights, gradients and optimizer state are the fixed part, activations grow with the images), confirms the
-largest candidate with a real pass, and every worker takes that micro-batch. Torch only; Ray is not used here.
+largest candidate with a real pass, and every worker takes that micro-batch. On CPU (a rehearsal, a CPU study)
+the same plan runs on an estimate: the bytes a forward pass saves for backward plus weights, gradients and one
+optimizer state, within a share of the machine's free memory. Torch only; Ray is not used here.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -60,7 +63,7 @@ def plan_micro_batches(recipe, world: int, rank: int, peak: Callable[[int], floa
                        budget: float | None) -> tuple[object, dict]:
     """The recipe with `grad_accum` set from `micro_batch` (None: as configured; an int; "auto": measured by
     `peak` on rank 0 within `budget` bytes, shared with the other ranks), and the choice as metrics. The
-    effective batch stays `batch_size`. Without a GPU (`peak` None) "auto" keeps the whole batch per pass."""
+    effective batch stays `batch_size`. With `peak` None "auto" keeps the whole batch per pass."""
     import torch
 
     per_worker, rest = divmod(recipe.batch_size, world)
@@ -114,6 +117,43 @@ def gpu_peak(model, kind: str, num_outputs: int, side: int, device, bf16: bool, 
             torch.cuda.empty_cache()
 
     return peak
+
+
+def cpu_peak(model, kind: str, num_outputs: int, side: int, loss_fn):
+    """`peak(m)` for `choose_micro_batch` on CPU, where torch keeps no peak statistics: the bytes of the
+    weights, their gradients and one optimizer state, plus what a forward pass of m blank images saves for the
+    backward pass (counted by autograd's saved-tensor hooks; no backward is run). BatchNorm statistics are restored
+    afterwards."""
+    import torch
+
+    fixed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def peak(m: int) -> float:
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        saved = 0
+
+        def pack(tensor):
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+
+        try:
+            images = torch.zeros(m, 3, side, side)
+            labels = torch.zeros(m, num_outputs) if kind == "multilabel" else torch.zeros(m)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                loss_fn(kind, model(images), labels)
+            return float(fixed + saved)
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+
+    return peak
+
+
+def cpu_budget() -> float:
+    """Bytes a micro-batch may use on CPU: MEMORY_SHARE of the machine's memory available now."""
+    return MEMORY_SHARE * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def gpu_budget(device) -> float:
