@@ -12,7 +12,6 @@ optimizer state, within a share of the machine's free memory. Torch only; Ray is
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -45,12 +44,15 @@ def choose_micro_batch(per_worker: int, peak: Callable[[int], float | None], bud
                               "turn on grad_checkpointing or use a smaller model or resolution")
         probe = smaller[-1]
         measured = peak(probe)
+    # a second point fixes the line: weights, gradients and optimizer state are its intercept. The next smaller
+    # divisor, or when the probe is 1 image (a small batch per worker) the next larger one: one point alone
+    # would count the fixed part as per-image memory and pick a needlessly small micro-batch
     smaller = [d for d in options if d < probe]
-    if smaller:  # a second point fixes the line: weights, gradients and optimizer state are its intercept
-        other = peak(smaller[-1]) or measured
-        per_image = max(measured - other, 1.0) / (probe - smaller[-1])
-    else:
-        per_image = measured / probe
+    second = smaller[-1] if smaller else next((d for d in options if d > probe), None)
+    other = peak(second) if second is not None else None
+    if second is None or (second > probe and (other is None or other > budget)):
+        return probe, measured  # nothing larger fits
+    per_image = max(abs(measured - (other or measured)), 1.0) / abs(probe - second)
     fixed = measured - probe * per_image
     for m in reversed([d for d in options if d > probe and fixed + d * per_image <= budget]):
         found = peak(m)
@@ -152,8 +154,11 @@ def cpu_peak(model, kind: str, num_outputs: int, side: int, loss_fn):
 
 
 def cpu_budget() -> float:
-    """Bytes a micro-batch may use on CPU: MEMORY_SHARE of the machine's memory available now."""
-    return MEMORY_SHARE * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Bytes a micro-batch may use on CPU: MEMORY_SHARE of the memory available now (free and reclaimable page
+    cache, as the kernel's MemAvailable counts it; the free pages alone are near 0 on a busy machine)."""
+    import psutil
+
+    return MEMORY_SHARE * psutil.virtual_memory().available
 
 
 def gpu_budget(device) -> float:
