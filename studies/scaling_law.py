@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rehearse:
             from scaling.rehearse.run import rehearse
 
-            command = [sys.executable, str(Path(__file__).resolve())] + (["--address", args.address]
-                                                                         if args.address else [])
-            return rehearse(cfg, args.out or f"runs/{cfg.name}-rehearsal", command=command, config_path=args.config)
+            return rehearse(cfg, args.out or f"runs/{cfg.name}-rehearsal", command=[sys.executable, str(Path(
+                __file__).resolve())], address=args.address, config_path=args.config)
         return run_study(cfg, out=args.out, address=args.address, tracking_uri=args.tracking_uri,
                          dashboard=dashboards.build)
     except ConfigError as e:

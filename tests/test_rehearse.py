@@ -64,6 +64,25 @@ def test_planted_near_duplicates_are_found_and_unrelated_images_are_not(tmp_path
     assert sorted({leak.source_file for leak in leaks}) == nih.planted
 
 
+def test_a_target_without_a_test_split_gets_one_by_patient(tmp_path):
+    """Shenzhen/Montgomery (tb_bit's target) put every image in train: the rehearsal of tb_bit found its
+    fine-tuning trials without a test set."""
+    from scaling.data.preprocess import Preprocess
+    from scaling.data.registry import open_dataset
+    from scaling.data.shards import prepare_shards
+    from scaling.data.stage import split_rows
+
+    standin_data.shenzhen_montgomery(tmp_path / "tb", per_class=20, seed=0)
+    shards = prepare_shards(open_dataset("shenzhen-montgomery", root=str(tmp_path / "tb")), Preprocess(resolution=32),
+                            tmp_path / "cache")
+    target, source = split_rows(shards, 0.15, 0, carve_test=True), split_rows(shards, 0.15, 0)
+    assert len(source.test) == 0 and 4 <= len(target.test) <= 8
+    patients = shards.records.set_index("index")["patient"]
+    parts = [set(patients.loc[rows]) for rows in (target.train, target.val, target.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sum(map(len, (target.train, target.val, target.test))) == len(shards.records)
+
+
 def test_standin_weights_load_through_the_real_loaders(tmp_path):
     npz = standin_weights.write_npz(tmp_path / "BiT-S-R50x1.npz", "bit", "R50x1")
     check_weights("bit", "R50x1", npz)  # the study's check on the driver

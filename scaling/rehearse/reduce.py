@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaling.config import StudyConfig, has_own_data, to_dict
+from scaling.config import StudyConfig, to_dict
 from scaling.models import ladders
 from scaling.rehearse import standin_data, standin_weights
 
@@ -130,6 +130,3 @@ def stand_in_published(point: dict, ladder: str, plan: Rehearsal, standins: Path
         if model not in plan.meta_weights:
             plan.meta_weights[model] = standin_weights.meta_check(ladder, model)
 
-
-def uses_own_data(cfg: StudyConfig) -> bool:
-    return any(has_own_data(ref) for ref in cfg.data.sources.values())

@@ -43,10 +43,11 @@ class Runs:
     ddp: dict = field(default_factory=dict)
 
 
-def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], config_path: str = "<config>",
-             log=print) -> int:
+def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], address: str | None = None,
+             config_path: str = "<config>", log=print) -> int:
     """Rehearse study `cfg` (read from `config_path`, which the printed commands name) in `out`: stand-ins, the
-    reduced study run with `command` (the application's entry point, given `--config FILE --out DIR`), the
+    reduced study run with `command` (the application's entry point, given `--config FILE --out DIR`, and
+    `--address` when `address`, a Ray cluster to join, is given), the DDP job (on that cluster too), the
     checklist. Returns 0 when every stage passed, else 1."""
     started = time.time()
     out = Path(out).resolve()
@@ -58,7 +59,8 @@ def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], config_pa
     env = {**os.environ, "HF_HUB_CACHE": str(plan.hf_cache or out / "standins" / "huggingface"),
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     study = out / "study"
-    driver = [*command, "--config", str(config), "--out", str(study)]
+    joins = ["--address", address] if address else []
+    driver = [*command, "--config", str(config), "--out", str(study), *joins]
     runs = Runs()
     log("rehearsal: the study, to be stopped once its first fine-tuning trial has ended")
     run_driver(driver, env, out / "logs" / "driver-1.log", runs, stop_when_ended=study / "trials", log=log)
@@ -66,7 +68,7 @@ def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], config_pa
         log("rehearsal: the study again, resuming")
         run_driver(driver, env, out / "logs" / "driver-2.log", runs, log=log)
     log(f"rehearsal: one job on {cfg.resources.num_workers} DDP workers (gloo)")
-    runs.ddp = ddp_job(config, study, cfg.resources.num_workers, out, env, log)
+    runs.ddp = ddp_job(config, study, cfg.resources.num_workers, out, env, joins, log)
     report = checklist.build(cfg, plan, study, runs, time.time() - started, config_path)
     text = checklist.render(report)
     (out / "rehearsal.md").write_text(text)
@@ -103,14 +105,14 @@ def run_driver(driver: list[str], env: dict, log_path: Path, runs: Runs, *, stop
     runs.seconds.append(time.perf_counter() - started)
 
 
-def ddp_job(config: Path, study: Path, workers: int, out: Path, env: dict, log) -> dict:
+def ddp_job(config: Path, study: Path, workers: int, out: Path, env: dict, joins: list[str], log) -> dict:
     """The config's DDP job (ddp.py) in its own process; its report, or the failure's last lines."""
     report = out / "ddp" / "report.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     log_path = out / "logs" / "ddp.log"
     with open(log_path, "w") as sink:
         done = subprocess.run([sys.executable, "-m", "scaling.rehearse.ddp", str(config), str(study),
-                               str(max(1, workers)), str(report)], env=env, stdout=sink, stderr=subprocess.STDOUT)
+                               str(max(1, workers)), str(report), *joins], env=env, stdout=sink, stderr=subprocess.STDOUT)
     if done.returncode == 0 and report.is_file():
         return json.loads(report.read_text())
     tail = log_path.read_text().strip().splitlines()[-5:]
