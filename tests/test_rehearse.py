@@ -112,7 +112,7 @@ def test_covidx_bit_rehearsal_runs_every_stage(tmp_path):
     out = tmp_path / "rehearsal"
     done = subprocess.run([sys.executable, str(ROOT / "studies" / "scaling_law.py"), "--config",
                            str(CONFIGS / "covidx_bit.yaml"), "--rehearse", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "## Projected cost of the real run" in done.stdout and (out / "rehearsal.md").is_file()
     report = json.loads((out / "rehearsal.json").read_text())

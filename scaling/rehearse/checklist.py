@@ -15,6 +15,7 @@ from scaling.rehearse import cost
 from scaling.rehearse.reduce import RESOLUTION
 from scaling.sweep.ledger import ENDED, Ledger
 from scaling.sweep.plan import pretrain_sizes
+from scaling.train.augment import crop_size
 
 
 def build(cfg: StudyConfig, plan, study: Path, runs, seconds: float, config_path: str = "<config>") -> dict:
@@ -80,7 +81,7 @@ def models_stage(cfg: StudyConfig, plan) -> dict:
     rungs = [f"{m} {params(rung(cfg.models.ladder, m)) / 1e6:.0f}M{' (trained)' if m in plan.trained else ''}"
              for m in cfg.models.sizes]
     return _stage("models", True, f"every rung built ({', '.join(rungs)} parameters); the untrained ones on the "
-                                  f"meta device, FLOPs counted at {cfg.data.resolution} px")
+                                  f"meta device, FLOPs counted at the {crop_size(cfg.data.resolution)} px crop")
 
 
 def sweep_stages(cfg: StudyConfig, plan, trials: dict) -> list[dict]:

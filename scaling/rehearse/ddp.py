@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     points = finetune_points(cfg)
     point = max(points, key=lambda p: p.source == "natural" and p.pretrain_size == max(
         q.pretrain_size for q in points))  # the largest published point (BiT-M), else the first point
+    # one seed: four workers of two replicas each would hold eight models on a small shared machine
     spec = jobs.finetune_spec(point, cfg.finetune.lr_range[0], cfg.finetune.weight_decay_range[0])
+    spec = replace(spec, seeds=spec.seeds[:1])
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start_ray(args.address, out / "logs")
     resources = replace(cfg.resources, num_workers=args.workers,
