@@ -25,9 +25,11 @@ from typing import Callable
 import numpy as np
 import pytest
 import yaml
-from fake_trees import (CHEXPERT_HEADER, CHEXPERT_TRAIN_ROWS, CHEXPERT_VALID_ROWS, COVIDX_9B_LINES, SHARED_COVIDX,
-                        write_chexpert, write_covidx, write_dicom, write_image_folder, write_png, write_text)
+from fake_trees import (CHEXPERT_TRAIN_ROWS, CHEXPERT_VALID_ROWS, COVIDX_9B_LINES, SHARED_COVIDX, write_chexpert,
+                        write_covidx)
 from PIL import Image
+
+from scaling.rehearse.formats import CHEXPERT_HEADER, write_dicom, write_image_folder, write_png, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "studies" / "scaling_law.py"

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_trees import write_dicom, write_jpeg, write_png
 
 from scaling.data.base import DataError
 from scaling.data.images import key_problem, read_image, resolve_key
+from scaling.rehearse.formats import write_dicom, write_jpeg, write_png
 
 
 def ramp(shape=(6, 8), top=255, dtype=np.uint8) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fake_trees import PADCHEST_ROWS, write_chexpert, write_nih, write_padchest, write_png
+from fake_trees import PADCHEST_ROWS, write_chexpert, write_nih, write_padchest
 from PIL import Image
 
 from scaling.config import load_config
@@ -18,6 +18,7 @@ from scaling.data.leakage import LeakageError, dhash, near_duplicates
 from scaling.data.registry import open_dataset
 from scaling.data.shards import Preprocess, prepare_shards
 from scaling.data.stage import guard, prepare_study_data, split_rows
+from scaling.rehearse.formats import write_png
 
 
 def jpeg(pixels: np.ndarray, quality: int = 95) -> np.ndarray:

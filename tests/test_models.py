@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
 from scaling import models
 from scaling.models import __main__ as models_cli
 from scaling.models import (LADDERS, ModelError, count_params, create_model, flops_per_image, new_head, params, rung,
                             to_rgb)
+from scaling.rehearse.formats import write_hub_cache
 
 
 def _save(model: torch.nn.Module, path: Path) -> Path:

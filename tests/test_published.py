@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fake_trees import write_hub_cache
 from safetensors.torch import save_file
 
 from scaling import models
@@ -15,6 +14,7 @@ from scaling.models import published
 from scaling.config import ConfigError, load_config
 from scaling.data.base import DataError
 from scaling.sweep.plan import finetune_points, natural_stage, pretrain_jobs
+from scaling.rehearse.formats import write_hub_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "timm/vit_tiny_patch16_224.augreg_in21k"

@@ -6,11 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-from fake_trees import COVIDX_9B_LINES, SHARED_COVIDX, covidx_from_real_files, write_covidx, write_png
+from fake_trees import COVIDX_9B_LINES, SHARED_COVIDX, covidx_from_real_files, write_covidx
 
 from scaling.data.base import DataError, describe
 from scaling.data.covidx import Covidx
 from scaling.data.registry import dataset_options
+from scaling.rehearse.formats import write_png
 
 #: /work/shared/data/README.md (9A test: 400 in the README; per class as in the file)
 README_COUNTS = {

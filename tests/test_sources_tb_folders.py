@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from fake_trees import NLM_FILES, TBX11K_LISTS, write_image_folder, write_nlm_tb, write_png, write_tbx11k
+from fake_trees import NLM_FILES, TBX11K_LISTS, write_nlm_tb, write_tbx11k
 
 from scaling.data.base import DataError, describe
 from scaling.data.folders import ImageFolder
 from scaling.data.tb import TBX11K, ShenzhenMontgomery
+from scaling.rehearse.formats import write_image_folder, write_png
 
 
 def test_shenzhen_montgomery_labels_from_file_names(tmp_path):

@@ -6,15 +6,15 @@ import gzip
 
 import numpy as np
 import pytest
-from fake_trees import (CHEXPERT_HEADER, CHEXPERT_TRAIN_ROWS, CHEXPERT_VALID_ROWS, MIMIC_LABELS, MIMIC_SPLIT,
-                        NIH_HEADER, NIH_LISTS, NIH_ROWS, PADCHEST_HEADER, PADCHEST_ROWS, write_chexpert,
-                        write_mimic, write_nih, write_padchest, write_text, xrv_data_file)
+from fake_trees import (CHEXPERT_TRAIN_ROWS, CHEXPERT_VALID_ROWS, MIMIC_LABELS, MIMIC_SPLIT, NIH_LISTS, NIH_ROWS,
+                        PADCHEST_ROWS, write_chexpert, write_mimic, write_nih, write_padchest, xrv_data_file)
 
 from scaling.data.base import DataError, describe
 from scaling.data.chexpert import CHEXPERT_CLASSES, CheXpert
 from scaling.data.mimic import MimicCXR
 from scaling.data.nih import NIH_CLASSES, NIHChestXray14
 from scaling.data.padchest import PADCHEST_CLASSES, PadChest
+from scaling.rehearse.formats import CHEXPERT_HEADER, NIH_HEADER, PADCHEST_HEADER, write_text
 
 nan = np.nan
 

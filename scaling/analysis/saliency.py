@@ -133,8 +133,9 @@ def _overlays(images: torch.Tensor, maps: np.ndarray, masks: np.ndarray | None, 
     rgb = ((images.permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
     paths = []
     for j, key in enumerate(keys):
+        name = f"{j:02d}_{str(key).replace('/', '_')}"  # real datasets' keys are paths under their root
         paths.append(_save_png(show_cam_on_image(rgb[j], maps[:, j].mean(axis=0), use_rgb=True),
-                               out / f"{j:02d}_{key}_gradcam.png"))
+                               out / f"{name}_gradcam.png"))
         if masks is not None:
-            paths.append(_save_png(masks[j].astype(np.uint8) * 255, out / f"{j:02d}_{key}_mask.png"))
+            paths.append(_save_png(masks[j].astype(np.uint8) * 255, out / f"{name}_mask.png"))
     return paths

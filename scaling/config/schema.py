@@ -183,6 +183,9 @@ class SweepConfig:
     #: what "both" starts from: empty = the study's own natural pre-training at each size; the name of a
     #: published natural point = those weights, then the study's medical pre-training
     both_from: StrictStr = ""
+    #: which points of the grid are trained: "full" = the cross product of the axes; "cover" = each value of each
+    #: axis in at least one trial (and every hyper-parameter sample of one cell): what a rehearsal runs
+    grid: Literal["full", "cover"] = "full"
 
 
 @dataclass

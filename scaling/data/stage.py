@@ -136,7 +136,7 @@ def prepare_set(role: str, dataset: Dataset, data: DataConfig, val_fraction: flo
     shards = prepare_shards(dataset, preprocess, Path(data.cache_dir).resolve(), on_bad_image=data.on_bad_image,
                             map_chunks=map_chunks)
     try:
-        prepared = split_rows(shards, val_fraction, seed)
+        prepared = split_rows(shards, val_fraction, seed, carve_test=role == "target")
     except ValueError as e:  # patient_split: too few patients to hold out any (or to keep any)
         raise DataError(f"{config_key(role)} ({dataset.name}): cannot carve a validation split out of its "
                         f"training split: {e}; expected more patients in it, or another data.val_fraction") from None
@@ -201,17 +201,21 @@ def open_source(key: str, ref: DatasetRef) -> Dataset:
         raise DataError(f"{key} ({ref.dataset}): {e}") from None
 
 
-def split_rows(shards: ShardSet, val_fraction: float, seed: int) -> PreparedSet:
+def split_rows(shards: ShardSet, val_fraction: float, seed: int, carve_test: bool = False) -> PreparedSet:
     """The shard set's rows by split: the dataset's own validation split, or one carved out of its training
-    split by patient."""
+    split by patient. `carve_test` (the target): a dataset without a test split (Shenzhen/Montgomery, PadChest,
+    which put every image in train) gets one first, `val_fraction` of its training images, by patient."""
     recs = shards.records
     index = recs["index"].to_numpy()
     test = index[recs["split"].to_numpy() == "test"]
+    train_recs = recs[recs["split"] == "train"]
+    if carve_test and not len(test):
+        kept, test = patient_split(train_recs, val_fraction, seed + 1)
+        train_recs = train_recs[train_recs["index"].isin(kept)]
     if (recs["split"] == "val").any():  # the dataset defines its own validation split
-        train = index[recs["split"].to_numpy() == "train"]
+        train = train_recs["index"].to_numpy()
         val = index[recs["split"].to_numpy() == "val"]
     else:
-        train_recs = recs[recs["split"] == "train"]
         train, val = patient_split(train_recs, val_fraction, seed)
     return PreparedSet(shards=shards, train=np.asarray(train), val=np.asarray(val), test=np.asarray(test))
 

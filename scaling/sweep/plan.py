@@ -75,8 +75,30 @@ def finetune_points(cfg: StudyConfig) -> list[FinetunePoint]:
         points += [FinetunePoint(model, source, size, budget, shots, sample) for size in pretrain_sizes(cfg, source)]
         if source == SCRATCH and shots == 0:
             points += [FinetunePoint(model, source, 0, budget, 0, sample, n) for n in cfg.sweep.scratch_target_sizes]
-    return sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
-                                              p.target_subset))
+    points = sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
+                                                p.target_subset))
+    return covering(points) if cfg.sweep.grid == "cover" else points
+
+
+def covering(points: list[FinetunePoint]) -> list[FinetunePoint]:
+    """A few of `points` (in their order) that hold every value of every axis: each model, each source at each of
+    its pre-training sizes ("both" at one), budget, shots and target subset; then the other hyper-parameter
+    samples of the first one's cell, so the per-cell search and its early stopping run too. Greedy: each next
+    point is the first that adds the most values not yet held, and of those the one whose other values were
+    chosen least often (so models and budgets take turns)."""
+    def values(p: FinetunePoint) -> set[tuple]:
+        return {("model", p.model), ("pretrain", p.source, 0 if p.source == BOTH else p.pretrain_size),
+                ("budget", p.budget), ("shots", p.shots), ("subset", p.target_subset)}
+
+    candidates, chosen, uses = [p for p in points if p.sample == 0], [], {}
+    while candidates:
+        best = max(candidates, key=lambda p: (len(values(p) - uses.keys()), -sum(uses.get(v, 0) for v in values(p))))
+        if not values(best) - uses.keys():
+            break
+        chosen.append(best)
+        uses.update({v: uses.get(v, 0) + 1 for v in values(best)})
+    chosen += [p for p in points if chosen and p.cell == chosen[0].cell and p.sample > 0]
+    return [p for p in points if p in chosen]
 
 
 def pretrain_jobs(cfg: StudyConfig) -> list[list[PretrainJob]]:

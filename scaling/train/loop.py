@@ -87,11 +87,12 @@ def train_loop(spec: JobSpec, session=None) -> dict:
     checkpoint = session.latest()
     start = resume(checkpoint, replicas, device) if checkpoint else 0
 
-    # the memory preflight's pass: one replica, blank images
-    peak = memory.gpu_peak(unwrap(replicas[0].model), task.kind, task.num_outputs, crop_size(resolution), device,
-                           spec.bf16, loss) if on_gpu else None
+    # the memory preflight's pass: one replica, blank images (on CPU an estimate: see memory.cpu_peak)
+    model, side = unwrap(replicas[0].model), crop_size(resolution)
+    peak = (memory.gpu_peak(model, task.kind, task.num_outputs, side, device, spec.bf16, loss) if on_gpu else
+            memory.cpu_peak(model, task.kind, task.num_outputs, side, loss))
     recipe, memory_metrics = memory.plan_micro_batches(spec.recipe, world, rank, peak,
-                                                       memory.gpu_budget(device) if on_gpu else None)
+                                                       memory.gpu_budget(device) if on_gpu else memory.cpu_budget())
     train_set = ShardDataset(shards, spec.train)
     val_set = ShardDataset(shards, spec.val).partition(rank, world)
     test_set = ShardDataset(shards, spec.test).partition(rank, world) if spec.test else None

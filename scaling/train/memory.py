@@ -6,7 +6,9 @@ keeps the effective batch (`Recipe.batch_size`) whatever the micro-batch; checkp
 most of the activation memory. With `micro_batch: auto` the first worker measures the peak memory of
 forward/backward passes of the real model at two small micro-batches, extrapolates linearly in the batch
 (weights, gradients and optimizer state are the fixed part, activations grow with the images), confirms the
-largest candidate with a real pass, and every worker takes that micro-batch. Torch only; Ray is not used here.
+largest candidate with a real pass, and every worker takes that micro-batch. On CPU (a rehearsal, a CPU study)
+the same plan runs on an estimate: the bytes a forward pass saves for backward plus weights, gradients and one
+optimizer state, within a share of the machine's free memory. Torch only; Ray is not used here.
 """
 from __future__ import annotations
 
@@ -42,12 +44,15 @@ def choose_micro_batch(per_worker: int, peak: Callable[[int], float | None], bud
                               "turn on grad_checkpointing or use a smaller model or resolution")
         probe = smaller[-1]
         measured = peak(probe)
+    # a second point fixes the line: weights, gradients and optimizer state are its intercept. The next smaller
+    # divisor, or when the probe is 1 image (a small batch per worker) the next larger one: one point alone
+    # would count the fixed part as per-image memory and pick a needlessly small micro-batch
     smaller = [d for d in options if d < probe]
-    if smaller:  # a second point fixes the line: weights, gradients and optimizer state are its intercept
-        other = peak(smaller[-1]) or measured
-        per_image = max(measured - other, 1.0) / (probe - smaller[-1])
-    else:
-        per_image = measured / probe
+    second = smaller[-1] if smaller else next((d for d in options if d > probe), None)
+    other = peak(second) if second is not None else None
+    if second is None or (second > probe and (other is None or other > budget)):
+        return probe, measured  # nothing larger fits
+    per_image = max(abs(measured - (other or measured)), 1.0) / abs(probe - second)
     fixed = measured - probe * per_image
     for m in reversed([d for d in options if d > probe and fixed + d * per_image <= budget]):
         found = peak(m)
@@ -60,7 +65,7 @@ def plan_micro_batches(recipe, world: int, rank: int, peak: Callable[[int], floa
                        budget: float | None) -> tuple[object, dict]:
     """The recipe with `grad_accum` set from `micro_batch` (None: as configured; an int; "auto": measured by
     `peak` on rank 0 within `budget` bytes, shared with the other ranks), and the choice as metrics. The
-    effective batch stays `batch_size`. Without a GPU (`peak` None) "auto" keeps the whole batch per pass."""
+    effective batch stays `batch_size`. With `peak` None "auto" keeps the whole batch per pass."""
     import torch
 
     per_worker, rest = divmod(recipe.batch_size, world)
@@ -114,6 +119,46 @@ def gpu_peak(model, kind: str, num_outputs: int, side: int, device, bf16: bool, 
             torch.cuda.empty_cache()
 
     return peak
+
+
+def cpu_peak(model, kind: str, num_outputs: int, side: int, loss_fn):
+    """`peak(m)` for `choose_micro_batch` on CPU, where torch keeps no peak statistics: the bytes of the
+    weights, their gradients and one optimizer state, plus what a forward pass of m blank images saves for the
+    backward pass (counted by autograd's saved-tensor hooks; no backward is run). BatchNorm statistics are restored
+    afterwards."""
+    import torch
+
+    fixed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def peak(m: int) -> float:
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        saved = 0
+
+        def pack(tensor):
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+
+        try:
+            images = torch.zeros(m, 3, side, side)
+            labels = torch.zeros(m, num_outputs) if kind == "multilabel" else torch.zeros(m)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                loss_fn(kind, model(images), labels)
+            return float(fixed + saved)
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+
+    return peak
+
+
+def cpu_budget() -> float:
+    """Bytes a micro-batch may use on CPU: MEMORY_SHARE of the memory available now (free and reclaimable page
+    cache, as the kernel's MemAvailable counts it; the free pages alone are near 0 on a busy machine)."""
+    import psutil
+
+    return MEMORY_SHARE * psutil.virtual_memory().available
 
 
 def gpu_budget(device) -> float:
