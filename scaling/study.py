@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,7 @@ from scaling.files import publish_file
 from scaling.sweep.jobs import StudyJobs, check_target_sizes
 from scaling.sweep.ledger import ENDED, Ledger
 from scaling.sweep.plan import FinetunePoint, finetune_points, pretrain_jobs
+from scaling.sweep.reference import reference_set
 from scaling.sweep.search import METRIC
 from scaling.sweep.tune import concurrency, run_finetuning, run_pretraining
 from scaling.track.progress import Progress
@@ -161,6 +163,7 @@ def run_stages(cfg: StudyConfig, data: StudyData, study_dir: Path, tracker: Stud
 def data_stage(cfg: StudyConfig, progress: Progress) -> StudyData:
     """Every dataset staged into shards, checked against the sizes the grid asks of the target."""
     data = prepare_study_data(cfg, log=progress.say)
+    data = replace(data, reference=reference_set(cfg, data, progress.say))
     check_target_sizes(cfg, data)
     return data
 

@@ -3,7 +3,10 @@
 The from-scratch error against target training images (scratch trials at several ``target_size``) is fitted
 per (model, budget, shots) and inverted at each fine-tuned cell's error: a scratch model would need ``D_E``
 target images to do as well, so pre-training was worth ``D_T = D_E - D_target`` of them, a multiplier
-``D_E / D_target`` on the target data. Intervals resample the seeds (paired by seed index, as every trial trained
+``D_E / D_target`` on the target data. Where a model has scratch reference trials (``reference``: on more
+images of a synthetic target than its split holds, scaling/sweep/reference.py), its scratch curve is theirs
+instead: every scratch trial at the reference trials' budget, within the split and beyond it, read by the model's
+fine-tuned cells at every budget (Hernandez et al. read D_T off scratch models trained to convergence). Intervals resample the seeds (paired by seed index, as every trial trained
 the same seeds) and refit the scratch law each time. Cells whose error lies outside the range the scratch
 trials reached are marked: their D_E is read off the law beyond its data.
 """
@@ -49,6 +52,19 @@ def _scratch_points(scratch: pd.DataFrame, seeds: np.ndarray) -> tuple[np.ndarra
     return both["x"].to_numpy(float), both["test_error"].to_numpy(float)
 
 
+def _reference(table: pd.DataFrame) -> pd.Series:
+    return table["reference"].astype(bool) if "reference" in table else pd.Series(False, index=table.index)
+
+
+def scratch_curve(points: pd.DataFrame, model, budget, shots) -> pd.DataFrame:
+    """The scratch trials a (model, budget, shots) group's cells are read against: the model's reference curve
+    (every scratch trial at the largest budget that has reference trials) where it has one, else the scratch
+    trials of the group itself."""
+    scratch = points[(points["source"] == SCRATCH) & (points["model"] == model) & (points["shots"] == shots)]
+    reference = scratch[_reference(scratch)]
+    return scratch[scratch["budget"] == (reference["budget"].max() if len(reference) else budget)]
+
+
 def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
     """D_T, D_E and the multiplier per fine-tuned cell with 95% intervals, or none and why."""
     if not has_target_axis(points):
@@ -57,7 +73,7 @@ def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | N
     n_seeds = int(points["seed_index"].max()) + 1
     cells = []
     for key, group in points.groupby(GROUP):
-        scratch = group[group["source"] == SCRATCH]
+        scratch = scratch_curve(points, *key)
         tuned = group[group["source"] != SCRATCH]
         if scratch["target_size"].nunique() < 2 or tuned.empty:
             continue
@@ -94,7 +110,8 @@ def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | N
                 "multiplier": d_e / d_target if np.isfinite(d_e) else None,
                 "multiplier_ci": _quantiles(boot / d_target),
                 # below: better than any scratch run, D_E extrapolated; above: worse than the smallest scratch run
-                "scratch_range": where,
+                "scratch_range": where, "scratch_budget": plain(scratch["budget"].iloc[0]),
+                "scratch_reference": bool(_reference(scratch).any()),
                 "scratch_error_range": [float(seen.min()), float(seen.max())],
             })
     return cells, None if cells else "no (model, budget, shots) has both scratch trials at >= 2 target sizes " \
