@@ -27,9 +27,10 @@ def reference_set(cfg: StudyConfig, data: StudyData, log: Log) -> PreparedSet | 
     ref = replace(cfg.data.target, options={**cfg.data.target.options, "size": cfg.sweep.scratch_reference_images})
     prepared = prepare_set("reference", open_source("data.target", ref), cfg.data, cfg.data.val_fraction, cfg.seed,
                            log)
-    rows = prepared.shards.records.set_index("key")["index"]
-    target = data.target.shards.records["key"]
-    val, test = rows.loc[target.loc[data.target.val]].to_numpy(), rows.loc[target.loc[data.target.test]].to_numpy()
     recs = prepared.shards.records
+    # a training image's key is its index, the same in both; test keys follow the training images, so they
+    # differ by the size, and the test images are taken in their order, as the target's are
+    val = recs.set_index("key")["index"].loc[data.target.shards.records["key"].loc[data.target.val]].to_numpy()
+    test = recs.loc[recs["split"] == "test", "index"].to_numpy()
     train = recs.loc[(recs["split"] == "train") & ~recs["index"].isin(val), "index"].to_numpy()
     return PreparedSet(shards=prepared.shards, train=np.asarray(train), val=val, test=test)
