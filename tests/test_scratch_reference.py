@@ -68,7 +68,10 @@ def test_reference_rows_feed_the_scratch_curve_of_effective_data_and_nothing_els
     assert {(c["scratch_budget"], c["scratch_reference"]) for c in without} == {(20, False)}
     within = lambda cs: sum(c["scratch_range"] == "within" for c in cs)  # noqa: E731
     assert within(cells) > within(without)  # fewer cells read off the law beyond its data
-    report = analyse(full, tmp_path, seed=0, log=lambda _: None)
+    # the whole analysis, on a smaller grid (its figures cost the time)
+    small = _with_reference(study_tables.table(models=("w8",), sizes=(300, 1000), target_sizes=[100, 200], seeds=2),
+                            400, [100, 200, 800, 1600, 3200], split=200)
+    report = analyse(small, tmp_path, seed=0, log=lambda _: None)
     reference = [f"w8-scratch-0-b400-t{n}" for n in (800, 1600, 3200)]
     assert not any(name in json.dumps(report["findings"]) for name in reference)
     assert 3200 not in set(report["table"]["target_size"])
