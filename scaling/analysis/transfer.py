@@ -65,35 +65,49 @@ def scratch_curve(points: pd.DataFrame, model, budget, shots) -> pd.DataFrame:
     return scratch[scratch["budget"] == (reference["budget"].max() if len(reference) else budget)]
 
 
+def _scratch_laws(scratch: pd.DataFrame, n_seeds: int, rng: np.random.Generator, seed: int):
+    """The scratch law (or the FitError that stopped it), the bootstrap's seed draws and the law refitted on each
+    (None where that refit failed)."""
+    try:
+        law = fit_curve(*_scratch_points(scratch, np.arange(n_seeds)), seed)
+    except FitError as e:
+        return e, None, []
+    draws = rng.integers(0, n_seeds, size=(N_BOOT, n_seeds))
+    boot_laws = []
+    for d in draws:
+        try:  # from the full grid of starts: a warm start from `law` bounded 2 of 34 intervals of the default
+            boot_laws.append(fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2))
+        except FitError:
+            boot_laws.append(None)
+    return law, draws, boot_laws
+
+
 def transfer_cells(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
     """D_T, D_E and the multiplier per fine-tuned cell with 95% intervals, or none and why."""
     if not has_target_axis(points):
         return [], NO_AXIS
     rng = np.random.default_rng(seed)
     n_seeds = int(points["seed_index"].max()) + 1
-    cells = []
+    cells, curves = [], {}
     for key, group in points.groupby(GROUP):
         scratch = scratch_curve(points, *key)
         tuned = group[group["source"] != SCRATCH]
         if scratch["target_size"].nunique() < 2 or tuned.empty:
             continue
-        sx, sy = _scratch_points(scratch, np.arange(n_seeds))
-        try:
-            law = fit_curve(sx, sy, seed)
-        except FitError as e:
-            cells.append({**dict(zip(GROUP, map(plain, key))), "error": f"scratch law: {e}"})
+        curve = tuple(sorted(scratch["trial"].unique()))  # a reference curve serves every budget: fitted once
+        if curve not in curves:
+            curves[curve] = _scratch_laws(scratch, n_seeds, rng, seed)
+        law, draws, boot_laws = curves[curve]
+        if isinstance(law, FitError):
+            cells.append({**dict(zip(GROUP, map(plain, key))), "error": f"scratch law: {law}"})
             continue
         seen = scratch.groupby("target_size")["test_error"].mean()
-        draws = rng.integers(0, n_seeds, size=(N_BOOT, n_seeds))
         trials = list(tuned.groupby("trial"))
         boot_errors = np.array([_cell_errors(cell, draws, n_seeds) for _, cell in trials])  # (cells, N_BOOT)
         boot_sizes = np.full(boot_errors.shape, np.nan)
-        for i, d in enumerate(draws):
-            try:  # from the full grid of starts: a warm start from `law` bounded 2 of 34 intervals of the default
-                boot_law = fit(*_scratch_points(scratch, d), form=law.form, seed=seed, n_boot=2)
-            except FitError:
-                continue
-            boot_sizes[:, i] = scratch_size_for(boot_law, boot_errors[:, i])
+        for i, boot_law in enumerate(boot_laws):
+            if boot_law is not None:
+                boot_sizes[:, i] = scratch_size_for(boot_law, boot_errors[:, i])
         for (trial, cell), boot in zip(trials, boot_sizes):
             first = cell.iloc[0]
             d_target = float(first["target_size"])
