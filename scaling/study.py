@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,7 @@ from scaling.files import publish_file
 from scaling.sweep.jobs import StudyJobs, check_target_sizes
 from scaling.sweep.ledger import ENDED, Ledger
 from scaling.sweep.plan import FinetunePoint, finetune_points, pretrain_jobs
+from scaling.sweep.reference import reference_set
 from scaling.sweep.search import METRIC
 from scaling.sweep.tune import concurrency, run_finetuning, run_pretraining
 from scaling.track.progress import Progress
@@ -166,6 +168,7 @@ def data_stage(cfg: StudyConfig, progress: Progress, address: str | None = None)
     for the stage and stopped after it: the study directory, where Ray's logs go, is made after this stage)."""
     with RayChunks(address) as map_chunks:
         data = prepare_study_data(cfg, log=progress.say, map_chunks=map_chunks)
+    data = replace(data, reference=reference_set(cfg, data, progress.say))
     check_target_sizes(cfg, data)
     return data
 

@@ -71,6 +71,21 @@ def test_typed_values_and_defaults():
     ("sweep.sources=[scratch, natural]", "sweep.sources asks for 'natural' pre-training but data.sources.natural"),
     ("sweep.sources=[imagenet]", "sweep.sources[0]: got 'imagenet'; expected one of 'scratch', 'natural'"),
     ("resources.cpus_per_worker=0", "resources.cpus_per_worker: got 0.0; expected a value > 0"),
+    ("sweep.slices=[{budgets: [40]}, {sizes: [w16]}]",
+     "sweep.slices[1].sizes[0]: got 'w16'; expected one of models.sizes: w8"),
+    ("sweep.slices=[{source_sizes: [300, 64]}]",
+     "sweep.slices[0].source_sizes[1]: got 64; expected one of data.source_sizes or a published point's images: 300"),
+    ("sweep.slices=[{sources: [scratch, natural]}]", "sweep.slices[0].sources[1]: got 'natural'; expected one of "
+                                                     "sweep.sources: scratch, medical"),
+    ("sweep.slices=[{shots: [5]}]", "sweep.slices[0].shots[0]: got 5; expected one of data.shots: 0"),
+    ("sweep.slices=[{budgets: []}]", "sweep.slices[0].budgets: got an empty list; expected at least one an integer"),
+    ("sweep.slices=[{budgets: [0]}]", "sweep.slices[0].budgets[0]: got 0; expected a value >= 1"),
+    ("sweep.slices=[{budget: [40]}]", "sweep.slices[0].budget: unknown key; expected one of: sizes, sources"),
+    ("sweep.slices=[{sources: [medical], scratch_target_sizes: [40]}]",
+     "sweep.slices[0].scratch_target_sizes: got [40]; they add from-scratch points, but the slice's sources"),
+    ("sweep.scratch_reference_images=200", "sweep.scratch_reference_images: got 200; expected more than the "
+                                           "target's 240 images (data.target.options.size) or 0"),
+    ("sweep.scratch_reference_images=-1", "sweep.scratch_reference_images: got -1; expected a value >= 0"),
     ("seed", "override 'seed': expected key.path=value"),
 ])
 def test_bad_values_name_key_value_and_expectation(override, message):

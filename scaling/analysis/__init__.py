@@ -35,7 +35,7 @@ def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
         return {"fits": [], "figures": [], "findings": None, "absent": {}}
     points = per_seed(best)
     fits, absent = all_laws(points, seed)
-    cells, reason = transfer_cells(points, seed)
+    cells, reason = transfer_cells(per_seed(best_per_cell(table, reference=True)), seed)
     if reason:
         absent["target_size"] = reason
     transfer_laws, reason = transfer_law(cells, seed)

@@ -1,5 +1,7 @@
 """The results table of a study: one row per fine-tuning trial, every axis, metric, compute and status.
-`target_size` is the number of target training images a trial used (the whole split, its shots or a subset).
+`target_size` is the number of target training images a trial used (the whole split, its shots or a subset);
+`reference` marks from-scratch trials on more images of a synthetic target than its training split holds
+(scaling/sweep/reference.py): they feed the scratch curve of effective data transferred and nothing else.
 
 Built from the trial ledger, written as Parquet (the input of the fits and the dashboard) and CSV.
 """
@@ -31,6 +33,7 @@ def results_table(ledger_entries: dict[str, dict], pretrain: Recipe, finetune: R
         row.update({k: entry[k] for k in ("model", "source", "pretrain_size", "budget", "shots", "sample",
                                             "target_subset", "target_size", "lr", "weight_decay", "params",
                                             "flops_per_image")})
+        row["reference"] = bool(entry.get("reference", False))  # ledgers from before it: none
         row.update({k: v for k, v in metrics.items() if not k.endswith("_confusion")})
         per_step = TRAIN_FLOPS_PER_FORWARD * entry["flops_per_image"] * finetune.batch_size
         row["finetune_flops"] = per_step * metrics.get("step", 0)
@@ -43,9 +46,12 @@ def results_table(ledger_entries: dict[str, dict], pretrain: Recipe, finetune: R
     return pd.DataFrame(rows)
 
 
-def best_per_cell(table: pd.DataFrame) -> pd.DataFrame:
+def best_per_cell(table: pd.DataFrame, reference: bool = False) -> pd.DataFrame:
     """Per cell (all axes but the hyper-parameter sample), the finished trial with the best validation AUC:
-    the tuned result of that cell."""
+    the tuned result of that cell; the scratch reference cells only with `reference` (effective data
+    transferred alone reads them)."""
+    if len(table) and not reference and "reference" in table:
+        table = table[~table["reference"].astype(bool)]
     done = table[(table["status"] == "finished") & table["val_roc_auc"].notna()] if len(table) else table
     if done.empty:
         return done

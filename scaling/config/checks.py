@@ -44,6 +44,8 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"sweep.scratch_target_sizes: got {cfg.sweep.scratch_target_sizes}; they add from-scratch "
                           "points, but sweep.sources has no 'scratch'")
     _validate_models(cfg.models)
+    _validate_slices(cfg)
+    _validate_reference(cfg)
     for key, recipe in (("pretrain", cfg.pretrain), ("finetune.recipe", cfg.finetune.recipe)):
         if recipe.micro_batch is not None and recipe.grad_accum != 1:
             raise ConfigError(f"{key}.micro_batch: got {recipe.micro_batch!r} with {key}.grad_accum "
@@ -55,6 +57,40 @@ def validate(cfg: StudyConfig) -> None:
         low, high = getattr(cfg.finetune, name) or (0, 0)
         if low > high:
             raise ConfigError(f"finetune.{name}: got {[low, high]}; expected [low, high] with low <= high")
+
+
+def _validate_slices(cfg: StudyConfig) -> None:
+    """Each slice's rungs, sources, pre-training sizes and shots among the study's (the data and the pre-training
+    are prepared for those); its scratch target sizes only where it has scratch."""
+    sizes = set(cfg.data.source_sizes) | {p.images for ref in cfg.data.sources.values() for p in ref.published}
+    allowed = {"sizes": ("models.sizes", cfg.models.sizes), "sources": ("sweep.sources", cfg.sweep.sources),
+               "source_sizes": ("data.source_sizes or a published point's images", sorted(sizes)),
+               "shots": ("data.shots", cfg.data.shots)}
+    for j, part in enumerate(cfg.sweep.slices):
+        key = f"sweep.slices[{j}]"
+        for name, (where, values) in allowed.items():
+            for i, value in enumerate(getattr(part, name) or []):
+                if value not in values:
+                    raise ConfigError(f"{key}.{name}[{i}]: got {value!r}; expected one of {where}: "
+                                      f"{', '.join(map(str, values))}")
+        sources = cfg.sweep.sources if part.sources is None else part.sources
+        if part.scratch_target_sizes and "scratch" not in sources:
+            raise ConfigError(f"{key}.scratch_target_sizes: got {part.scratch_target_sizes}; they add from-scratch "
+                              f"points, but the slice's sources have no 'scratch'")
+
+
+def _validate_reference(cfg: StudyConfig) -> None:
+    """Reference images come from a synthetic target's generator, beyond the images the target holds."""
+    n, target = cfg.sweep.scratch_reference_images, cfg.data.target
+    if not n:
+        return
+    if not target.dataset.startswith("synthetic-"):
+        raise ConfigError(f"sweep.scratch_reference_images: got {n}; expected 0 for target {target.dataset!r} "
+                          "(only a synthetic target's generator can render more images of its kind)")
+    size = target.options.get("size", registry.dataset_options(target.dataset)["size"].default)
+    if n <= size:
+        raise ConfigError(f"sweep.scratch_reference_images: got {n}; expected more than the target's {size} "
+                          "images (data.target.options.size) or 0")
 
 
 def _validate_source(key: str, ref: DatasetRef, cfg: StudyConfig) -> None:

@@ -160,6 +160,29 @@ class FinetuneConfig:
 
 
 @dataclass
+class SliceConfig:
+    """One grid of a study that is a union of grids (`sweep.slices`): the study's own grid with the keys given
+    here replaced, e.g. `{sizes: [w12], source_sizes: [4096], budgets: [100, 200]}` adds a budget axis on one
+    rung without multiplying the whole grid. A key left out keeps the study's value; rungs, sources, pre-training
+    sizes and shots must be ones the study has (its data and pre-training are prepared for them), budgets and
+    scratch target sizes may be new. A point in several grids runs once."""
+
+    __pydantic_config__ = NO_UNKNOWN_KEYS
+    #: rungs, of models.sizes
+    sizes: Annotated[list[StrictStr], MinLen(1)] | None = None
+    #: of sweep.sources
+    sources: Annotated[list[Literal["scratch", "natural", "medical", "both"]], MinLen(1)] | None = None
+    #: pre-training sizes, of the sources' data-size axes (data.source_sizes and published points)
+    source_sizes: Annotated[list[Annotated[StrictInt, Ge(1)]], MinLen(1)] | None = None
+    #: fine-tuning budgets in optimizer steps
+    budgets: Annotated[list[Annotated[StrictInt, Ge(1)]], MinLen(1)] | None = None
+    #: of data.shots
+    shots: Annotated[list[Annotated[StrictInt, Ge(0)]], MinLen(1)] | None = None
+    #: from-scratch target subsets (as sweep.scratch_target_sizes)
+    scratch_target_sizes: list[Annotated[StrictInt, Ge(1)]] | None = None
+
+
+@dataclass
 class SweepConfig:
     __pydantic_config__ = NO_UNKNOWN_KEYS
     sources: Annotated[list[Literal["scratch", "natural", "medical", "both"]], MinLen(1)] = field(
@@ -183,6 +206,15 @@ class SweepConfig:
     #: what "both" starts from: empty = the study's own natural pre-training at each size; the name of a
     #: published natural point = those weights, then the study's medical pre-training
     both_from: StrictStr = ""
+    #: further grids, each the study's own with some keys replaced (see `SliceConfig`); the study runs the union
+    #: of its own grid and these
+    slices: list[SliceConfig] = field(default_factory=list)
+    #: on a synthetic target: training images its generator renders for from-scratch reference runs (the target
+    #: with its `size` option raised to this; its first images are the target's own, its validation and test
+    #: images are the target's). Scratch target sizes above the target's training split draw from them: a
+    #: scratch curve beyond the split, that effective data transferred is read from, marked `reference` in the
+    #: results and used for nothing else. 0 = none
+    scratch_reference_images: Annotated[StrictInt, Ge(0)] = 0
     #: which points of the grid are trained: "full" = the cross product of the axes; "cover" = each value of each
     #: axis in at least one trial (and every hyper-parameter sample of one cell): what a rehearsal runs
     grid: Literal["full", "cover"] = "full"

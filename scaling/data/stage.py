@@ -45,6 +45,8 @@ class StudyData:
     weights: dict[tuple[str, int, str], str] = field(default_factory=dict)
     #: the leakage guard's counts by source role: near-duplicates found, source images removed
     leakage: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: more images of a synthetic target for from-scratch reference runs (scaling/sweep/reference.py), or None
+    reference: PreparedSet | None = None
 
 
 def prepare_study_data(cfg: StudyConfig, log: Log = print, map_chunks: MapChunks = in_process) -> StudyData:

@@ -74,10 +74,21 @@ class StudyJobs:
 
     # -- fine-tuning --------------------------------------------------------------------------------------------
 
+    def on_reference(self, point: FinetunePoint) -> bool:
+        """Whether a point trains on the scratch reference set: a from-scratch subset larger than the target's
+        training split (scaling/sweep/reference.py)."""
+        return point.target_subset > len(self.data.target.train)
+
+    def finetune_set(self, point: FinetunePoint):
+        """The prepared set a point trains and is evaluated on: the target, or its scratch reference set (the
+        same validation and test images)."""
+        return self.data.reference if self.on_reference(point) else self.data.target
+
     def finetune_train(self, point: FinetunePoint):
         """The target's training images (shard rows) of a point: the whole split, its n-shot subset or a nested
-        stratified subset. One draw per study: the seeds of a trial differ in initialisation and order."""
-        target = self.data.target
+        stratified subset (of the reference set's pool beyond the split). One draw per study: the seeds of a
+        trial differ in initialisation and order."""
+        target = self.finetune_set(point)
         if point.shots:
             return n_shot(target.shards.records.loc[target.train], point.shots, self.cfg.seed)
         if point.target_subset:
@@ -85,7 +96,7 @@ class StudyJobs:
         return target.train
 
     def finetune_spec(self, point: FinetunePoint, lr: float, weight_decay: float) -> JobSpec:
-        cfg, target = self.cfg, self.data.target
+        cfg, target = self.cfg, self.finetune_set(point)
         train = self.finetune_train(point)
         job = point.pretrain(cfg.seed)
         recipe = replace(cfg.finetune.recipe, steps=point.budget, lr=lr, weight_decay=weight_decay,
@@ -100,14 +111,21 @@ class StudyJobs:
 
 
 def check_target_sizes(cfg: StudyConfig, data: StudyData) -> None:
-    """`sweep.scratch_target_sizes` and `data.shots` must fit the target's training split, known once the data is
-    staged: checked on the driver, before a trial would fail on them inside a worker."""
+    """Every grid's scratch target sizes and `data.shots` must fit the target's training split (or, beyond it,
+    the scratch reference set's pool), known once the data is staged: checked on the driver, before a trial would
+    fail on them inside a worker."""
     available = len(data.target.train)
-    for i, size in enumerate(cfg.sweep.scratch_target_sizes):
-        if size > available:
-            raise ConfigError(f"sweep.scratch_target_sizes[{i}]: got {size}; expected at most {available}, the "
-                              f"size of the target's training split ({cfg.data.target.dataset}, after its "
-                              f"validation split)")
+    pool = len(data.reference.train) if data.reference is not None else 0
+    for key, sizes in [("sweep.scratch_target_sizes", cfg.sweep.scratch_target_sizes),
+                       *((f"sweep.slices[{j}].scratch_target_sizes", part.scratch_target_sizes or [])
+                         for j, part in enumerate(cfg.sweep.slices))]:
+        for i, size in enumerate(sizes):
+            if size > max(available, pool):
+                where = (f"the images of the target's scratch reference set less its validation images "
+                         f"(sweep.scratch_reference_images)" if pool else
+                         f"the size of the target's training split ({cfg.data.target.dataset}, after its "
+                         f"validation split)")
+                raise ConfigError(f"{key}[{i}]: got {size}; expected at most {max(available, pool)}, {where}")
     train = data.target.shards.records.loc[data.target.train]
     for i, shots in enumerate(cfg.data.shots):
         if shots:

@@ -64,20 +64,70 @@ class FinetunePoint:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Grid:
+    """One grid of a study's union (see `grids`): the values of each axis."""
+
+    models: tuple[str, ...]
+    sources: tuple[str, ...]
+    budgets: tuple[int, ...]
+    shots: tuple[int, ...]
+    scratch_target_sizes: tuple[int, ...]
+    #: the pre-training sizes kept of each source's data-size axis (`pretrain_sizes`); None = all of them
+    source_sizes: tuple[int, ...] | None = None
+
+
+def grids(cfg: StudyConfig) -> list[Grid]:
+    """The study's own grid, then one per `sweep.slices` entry: the own grid with the entry's keys replaced."""
+    own = Grid(tuple(cfg.models.sizes), tuple(cfg.sweep.sources), tuple(cfg.finetune.budgets), tuple(cfg.data.shots),
+               tuple(cfg.sweep.scratch_target_sizes))
+    out = [own]
+    for part in cfg.sweep.slices:
+        given = lambda value, default: default if value is None else tuple(value)  # noqa: E731
+        out.append(Grid(given(part.sizes, own.models), given(part.sources, own.sources),
+                        given(part.budgets, own.budgets), given(part.shots, own.shots),
+                        given(part.scratch_target_sizes, own.scratch_target_sizes),
+                        given(part.source_sizes, None)))
+    return out
+
+
 def finetune_points(cfg: StudyConfig) -> list[FinetunePoint]:
-    """Every point of model x source x pre-training size x budget x shots x sample; from-scratch points have
-    pre-training size 0, and on the full target split (shots 0) come also at each of
-    `sweep.scratch_target_sizes`."""
-    points = []
-    for model, source, budget, shots, sample in itertools.product(
-            cfg.models.sizes, cfg.sweep.sources, cfg.finetune.budgets, cfg.data.shots,
-            range(cfg.sweep.trials_per_cell)):
-        points += [FinetunePoint(model, source, size, budget, shots, sample) for size in pretrain_sizes(cfg, source)]
-        if source == SCRATCH and shots == 0:
-            points += [FinetunePoint(model, source, 0, budget, 0, sample, n) for n in cfg.sweep.scratch_target_sizes]
-    points = sorted(set(points), key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
-                                                p.target_subset))
+    """Every point of model x source x pre-training size x budget x shots x sample of each grid of the study
+    (`grids`), each point once; from-scratch points have pre-training size 0, and on the full target split
+    (shots 0) come also at each of the grid's scratch target sizes."""
+    points = set()
+    for grid in grids(cfg):
+        points |= grid_points(cfg, grid)
+    points = sorted(points, key=lambda p: (p.sample, p.model, p.source, p.pretrain_size, p.budget, p.shots,
+                                           p.target_subset))
     return covering(points) if cfg.sweep.grid == "cover" else points
+
+
+def grid_points(cfg: StudyConfig, grid: Grid) -> set[FinetunePoint]:
+    points = set()
+    for model, source, budget, shots, sample in itertools.product(
+            grid.models, grid.sources, grid.budgets, grid.shots, range(cfg.sweep.trials_per_cell)):
+        sizes = [n for n in pretrain_sizes(cfg, source)
+                 if source == SCRATCH or grid.source_sizes is None or n in grid.source_sizes]
+        points |= {FinetunePoint(model, source, size, budget, shots, sample) for size in sizes}
+        if source == SCRATCH and shots == 0:
+            points |= {FinetunePoint(model, source, 0, budget, 0, sample, n) for n in grid.scratch_target_sizes}
+    return points
+
+
+def budgets(cfg: StudyConfig) -> list[int]:
+    """Every fine-tuning budget of the study: `finetune.budgets`, then the slices' other ones."""
+    return _union(cfg.finetune.budgets, [g.budgets for g in grids(cfg)])
+
+
+def scratch_target_sizes(cfg: StudyConfig) -> list[int]:
+    """Every from-scratch target subset of the study: `sweep.scratch_target_sizes`, then the slices' other ones."""
+    return _union(cfg.sweep.scratch_target_sizes, [g.scratch_target_sizes for g in grids(cfg)])
+
+
+def _union(own, parts) -> list[int]:
+    """`own` in its order, then the values only `parts` hold, sorted (a study without slices keeps its order)."""
+    return [*own, *sorted({v for part in parts for v in part} - set(own))]
 
 
 def covering(points: list[FinetunePoint]) -> list[FinetunePoint]:

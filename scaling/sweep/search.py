@@ -31,7 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from scaling.config import StudyConfig
 from scaling.sweep.ledger import ENDED
-from scaling.sweep.plan import FinetunePoint, all_pretrain_sizes
+from scaling.sweep.plan import FinetunePoint, all_pretrain_sizes, budgets, scratch_target_sizes
 from scaling.train.faults import DIVERGED_STEP
 
 #: the metric Optuna and ASHA maximise (validation ROC-AUC of the target)
@@ -53,10 +53,10 @@ class GridSpace:
 
     def __init__(self, cfg: StudyConfig):
         self.choices = {"model": list(cfg.models.sizes), "source": list(cfg.sweep.sources),
-                        "pretrain_size": all_pretrain_sizes(cfg), "budget": list(cfg.finetune.budgets),
+                        "pretrain_size": all_pretrain_sizes(cfg), "budget": budgets(cfg),
                         "shots": list(cfg.data.shots),
                         "sample": list(range(cfg.sweep.trials_per_cell)),
-                        "target_subset": [0, *cfg.sweep.scratch_target_sizes]}
+                        "target_subset": [0, *scratch_target_sizes(cfg)]}
         self.lr_ranges = {s: tuple(cfg.finetune.lr_range_for(s)) for s in cfg.sweep.sources}
         self.weight_decay_range = tuple(cfg.finetune.weight_decay_range)
         self.names = ["lr", "weight_decay"]

@@ -205,7 +205,8 @@ def run_finetuning(jobs: StudyJobs, pending: list[FinetunePoint], ledger: Ledger
     def describe(config):
         point = point_of(config)
         return point.name, {**point.as_dict(), "lr": config["lr"], "weight_decay": config["weight_decay"],
-                            "target_size": len(jobs.finetune_train(point)), "seeds": list(cfg.sweep.seeds),
+                            "target_size": len(jobs.finetune_train(point)),
+                            "reference": jobs.on_reference(point), "seeds": list(cfg.sweep.seeds),
                             **model_params(cfg.models.ladder, point.model, cfg.data.resolution)}
 
     tune_config = tune.TuneConfig(
