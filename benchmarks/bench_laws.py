@@ -142,8 +142,9 @@ def coverage(draws: int, seed: int = 0) -> None:
     labels = ["< 0.25", "0.25-1", "1-5", "> 5"]
     df["power term / E"] = pd.cut(df["ratio"], edges, labels=labels, right=False)
     rows = []
-    for (method, part_bin), part in [*df.groupby(["method", "power term / E"], observed=True),
-                                     *((m, "all"), p) for m, p in df.groupby("method")]]:
+    groups = [*df.groupby(["method", "power term / E"], observed=True),
+              *(((m, "all"), p) for m, p in df.groupby("method"))]
+    for (method, part_bin), part in groups:
         rows.append({"method": method, "power term / E": part_bin, "laws": len(part),
                      **{f"cover {k}": part[f"{k} covered"].mean() for k in ("alpha", "E", "A")},
                      **{f"width {k}": part[f"{k} width"].median() for k in ("alpha", "E", "A")},
