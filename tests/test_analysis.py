@@ -56,7 +56,8 @@ def test_laws_along_model_size_and_the_joint_law_where_the_grid_has_them(tmp_pat
             assert "y is constant" in f["error"]
             continue
         assert "params" in f, f
-        assert "rmse_log" in f["heldout"], f  # each law also scored on its held-out largest x
+        # each law also scored on its held-out largest x, or says why not (the refit would stand on 2 values)
+        assert "rmse_log" in f["heldout"] or "a law needs 3" in f["heldout"]["error"], f
 
 
 def _equal_runs(rng, n_test=200, seeds=3, shift=0.0):

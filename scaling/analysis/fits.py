@@ -62,11 +62,17 @@ def heldout(x, y, form: str, seed: int) -> dict:
         return {"x": float(top), "error": str(e)}
 
 
+def intervals(law) -> dict:
+    """The law's 95% profile intervals for fits.json: ``ci`` (an open end, e.g. an amplitude the data do not bound
+    above, is None) and ``ci_kind`` (two-sided, lower bound only, upper bound only, not identified)."""
+    return {"ci": {k: law.to_dict()["ci95"][k] for k in law.ci}, "ci_kind": law.interval_kinds()}
+
+
 def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
     grid = np.geomspace(x.min(), EXTRAPOLATE * x.max(), CURVE_POINTS)
     low, high = law.predict_interval(grid)
     return {"law": law, "form": law.form, "formula": law.formula, "params": law.params,
-            "ci": {k: list(v) for k, v in law.ci.items()}, "rmse_log": law.rmse, "n_points": int(len(y)),
+            **intervals(law), "rmse_log": law.rmse, "n_points": int(len(y)),
             "heldout": heldout(x, y, law.form, seed),
             "curve": {"x": grid.tolist(), "y": law.predict(grid).tolist(), "low": low.tolist(),
                       "high": high.tolist(), "data_max": float(x.max())}}
@@ -122,7 +128,7 @@ def joint_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]
         try:
             law = fit(x, y, form="joint", seed=seed)
             entry.update(form=law.form, formula=law.formula, params=law.params, rmse_log=law.rmse,
-                         ci={k: list(v) for k, v in law.ci.items()}, n_points=int(len(y)),
+                         **intervals(law), n_points=int(len(y)),
                          heldout=heldout(x, y, "joint", seed))
         except FitError as e:
             entry["error"] = str(e)

@@ -11,7 +11,8 @@ Fitting
 >>> law = fit(n, 0.05 + 3.0 * n ** -0.4, form="saturating", n_boot=50)
 >>> law.form, sorted(law.params)
 ('saturating', ['A', 'E', 'alpha'])
->>> low, high = law.ci["alpha"]                      # 95% bootstrap interval
+>>> low, high = law.ci["alpha"]                      # 95% profile-likelihood interval
+>>> kinds = law.interval_kinds()                     # two-sided, or "lower bound only" where data bound one side
 >>> band = law.predict_interval([1e5, 1e6])         # (low, high) of the law beyond the data
 
 ``fit(x, y, form="auto" | name)`` returns a :class:`Fit` with ``form``, ``params``, ``ci``, ``predict(x)`` and

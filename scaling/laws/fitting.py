@@ -7,9 +7,11 @@ bad runs cannot drag the curve. Each form proposes a grid of starting points (mo
 ``[0, 5]``, ...). ``form="auto"`` judges candidates by how well they predict the held-out largest ``x`` after
 fitting the rest, because a law's use is extrapolation and the in-sample fit rewards flexibility instead; it
 skips the opening transient of dense learning curves and leaves the saturating law only for a rival that is
-clearly better there (both rules measured on the public benchmark, see the constants below). Intervals come from
-a residual bootstrap (resampled log residuals, inflated for the degrees of freedom used), computed on first use,
-widened about the estimate by t/z for the few points a law has (see :meth:`Fit.intervals`).
+clearly better there (both rules measured on the public benchmark, see the constants below). The parameters'
+intervals are profile-likelihood intervals, one-sided where the data bound a parameter on one side only
+(:mod:`scaling.laws.profile`); the bands of :meth:`Fit.predict_interval` come from a residual bootstrap (resampled
+log residuals, inflated for the degrees of freedom used), widened about the estimate by t/z for the few points a
+law has.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
 class Fit:
     """A fitted law. ``params`` and ``ci`` use the names of the form's formula, in the units of the data.
 
-    ``ci`` (95%) and :meth:`predict_interval` come from a residual bootstrap run once, on first use, with
-    ``n_boot`` replicates seeded by ``seed``. ``selection`` holds, for ``form="auto"``, each candidate's RMSE of
+    ``ci`` (95%) holds profile-likelihood intervals (:meth:`intervals`, computed on first use);
+    :meth:`predict_interval` a residual bootstrap run once, on first use, with ``n_boot`` replicates seeded by
+    ``seed``. ``selection`` holds, for ``form="auto"``, each candidate's RMSE of
     log y on the held-out largest x (``None`` where a form had too few points to be tried).
     """
 
@@ -248,7 +251,9 @@ class Fit:
             "formula": self.formula,
             "variables": list(self.variables),
             "params": dict(self.params),
-            "ci95": {k: list(v) for k, v in self.ci.items()} if self.n_boot >= 2 else None,
+            # an open end (an amplitude the data do not bound) as None: JSON has no infinity
+            "ci95": {k: [None if math.isinf(v) else v for v in ends] for k, ends in self.ci.items()},
+            "ci_kind": self.interval_kinds(),
             "selection": dict(self.selection),
             "n_points": int(len(self.y)),
             "x_range": {name: [float(a.min()), float(a.max())] for name, a in zip(self.variables, self.x)},
