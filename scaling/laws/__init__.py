@@ -77,7 +77,8 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import FitError
-from .fitting import Fit, choose_form, extrapolation_scores, fit, pareto_frontier, transient_end
+from .fitting import Fit, choose_form, extrapolation_scores, fit, transient_end
+from .frontier import pareto_frontier
 from .forms import FORMS
 from .transfer import Transfer, effective_data_transferred, fit_transfer, scratch_size_for, transfer_table
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .checks import ArrayLike, FitError, XLike, as_vector, check_level, named_inputs, positive, target_values
+from .checks import ArrayLike, FitError, XLike, check_level, named_inputs, target_values
 from .forms import FORMS
+from .frontier import pareto_frontier
 from .intervals import percentile_interval, t_over_z
 from .profile import Interval, profile_intervals
 from .solver import DEFAULT_HUBER_DELTA, Problem, solve
@@ -40,31 +41,6 @@ AUTO_DEFAULT = "saturating"
 SWITCH_MARGIN = 5.0
 TRANSIENT_FRACTION = 0.25  # of the log-x range, skipped by auto on dense learning curves
 MIN_DENSE_POINTS = 6  # distinct x that must remain for that
-
-
-# --- Pareto frontier ----------------------------------------------------------------------------------------
-
-
-def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
-    """Indices of the compute-efficient frontier: the lowest ``y`` in each of ``bins`` log-spaced bins of
-    ``x``, kept only where it beats every bin to its left (so the frontier falls monotonically)."""
-    xs = positive(as_vector(x, "x"), "x")
-    ys = as_vector(y, "y")
-    if len(xs) != len(ys):
-        raise FitError(f"x has {len(xs)} values but y has {len(ys)}")
-    if bins < 1:
-        raise FitError(f"bins must be >= 1, got {bins}")
-    edges = np.linspace(np.log(xs.min()), np.log(xs.max()), bins + 1)
-    which = np.clip(np.searchsorted(edges, np.log(xs), side="right") - 1, 0, bins - 1)
-    keep, best = [], np.inf
-    for b in range(bins):
-        members = np.flatnonzero(which == b)
-        if members.size:
-            i = members[np.argmin(ys[members])]
-            if ys[i] < best:
-                keep.append(i)
-                best = ys[i]
-    return np.array(keep, dtype=int)
 
 
 # --- the result ---------------------------------------------------------------------------------------------
