@@ -40,7 +40,7 @@ def test_without_a_target_size_axis_the_analysis_says_so_and_goes_on(tmp_path):
     assert report["absent"]["target_size"] == NO_AXIS and report["effective_data"] == []
     assert {"params", "budget", "shots", "joint"} <= set(report["absent"])
     fits = json.loads((tmp_path / "fits.json").read_text())
-    assert [f["axis"] for f in fits["laws"]] == ["pretrain_size"]
+    assert fits["laws"] == [] and "a law needs 3" in report["absent"]["pretrain_size"]  # two sizes: no law
     assert json.loads((tmp_path / "findings.json").read_text())["bootstrap"] == ["seeds"]
     assert (tmp_path / "figures" / "transfer_b20_shotsall.png").exists()
 
@@ -56,7 +56,8 @@ def test_laws_along_model_size_and_the_joint_law_where_the_grid_has_them(tmp_pat
             assert "y is constant" in f["error"]
             continue
         assert "params" in f, f
-        assert "rmse_log" in f["heldout"], f  # each law also scored on its held-out largest x
+        # each law also scored on its held-out largest x, or says why not (the refit would stand on 2 values)
+        assert "rmse_log" in f["heldout"] or "a law needs 3" in f["heldout"]["error"], f
 
 
 def _equal_runs(rng, n_test=200, seeds=3, shift=0.0):

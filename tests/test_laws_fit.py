@@ -138,11 +138,13 @@ def test_prediction_band_contains_law_and_widens_beyond_data() -> None:
         law.predict_interval(grid, level=1.5)
 
 
-def test_intervals_need_bootstrap_replicates() -> None:
+def test_bands_need_bootstrap_replicates_and_parameter_intervals_do_not() -> None:
     x = np.logspace(1, 3, 6)
-    law = fit(x, 2 * x ** -0.3, form="power", n_boot=0)
+    law = fit(x, 2 * x ** -0.3 * np.exp(np.random.default_rng(0).normal(0, 0.01, 6)), form="power", n_boot=0)
     with pytest.raises(FitError, match="n_boot"):
-        _ = law.ci
+        law.predict_interval([1e4])
+    low, high = law.ci["alpha"]  # profile likelihood: no bootstrap
+    assert low < 0.3 < high
 
 
 # --- selection, windows, frontier ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def analyse(table: pd.DataFrame, study_dir: Path, seed: int, log) -> dict:
         absent["transfer_law"] = reason
     for axis, why in absent.items():
         log(f"analysis: no {axis} laws: {why}")
-    result = findings(best, study_dir, seed)
+    result = findings(best, study_dir, seed, table)
     stored = [{k: v for k, v in f.items() if k != "law"} for f in fits]  # the fitted object is for the figures
     (study_dir / "fits.json").write_text(json.dumps(
         {"laws": stored + transfer_laws, "effective_data": cells, "absent": absent}, indent=1, default=plain))

@@ -14,13 +14,13 @@ from scaling.analysis.grid import GROUP, plain, with_target_size
 from scaling.config import SCRATCH
 from scaling.laws import FitError, fit
 
-MIN_VALUES = 3  # the fewest distinct values of an axis that a law along it needs (but see AXES)
-#: axis -> (the column along which it runs, the columns that define one curve, fewest distinct x)
+MIN_VALUES = 3  # the fewest distinct x that any law (and any held-out refit) is fitted on
+#: axis -> (the column along which it runs, the columns that define one curve)
 AXES = {
-    "pretrain_size": ("pretrain_size", ["source", "model", "budget", "shots"], 2),
-    "params": ("params", ["source", "pretrain_size", "budget", "shots"], MIN_VALUES),
-    "budget": ("budget", ["source", "model", "pretrain_size", "shots"], MIN_VALUES),
-    "shots": ("shots", ["source", "model", "pretrain_size", "budget"], MIN_VALUES),
+    "pretrain_size": ("pretrain_size", ["source", "model", "budget", "shots"]),
+    "params": ("params", ["source", "pretrain_size", "budget", "shots"]),
+    "budget": ("budget", ["source", "model", "pretrain_size", "shots"]),
+    "shots": ("shots", ["source", "model", "pretrain_size", "budget"]),
 }
 CURVE_POINTS = 40
 EXTRAPOLATE = 10.0  # curves are drawn this factor beyond the largest x (dashed)
@@ -34,12 +34,24 @@ def fit_curve(x: np.ndarray, y: np.ndarray, seed: int):
         return fit(x, y, form="power", seed=seed)
 
 
+def too_few(values: np.ndarray, column: str) -> str | None:
+    """Why no law may be fitted along these x values, or None when there are enough."""
+    distinct = np.unique(values)
+    if len(distinct) >= MIN_VALUES:
+        return None
+    shown = ", ".join(f"{plain(v):g}" for v in distinct)
+    return f"{column} has {len(distinct)} distinct value(s) ({shown}); a law needs {MIN_VALUES}"
+
+
 def heldout(x, y, form: str, seed: int) -> dict:
     """The law refitted without the points at its largest x, scored there (RMSE of log y)."""
     key = "D" if isinstance(x, dict) else None
     along = x[key] if key else x
     top = along.max()
     keep = along < top
+    refused = too_few(along[keep], "below the held-out x, the axis")
+    if refused:
+        return {"x": float(top), "error": f"no held-out score: {refused}"}
     try:
         part = {k: v[keep] for k, v in x.items()} if key else x[keep]
         law = fit(part, y[keep], form=form, seed=seed, n_boot=2)
@@ -50,11 +62,17 @@ def heldout(x, y, form: str, seed: int) -> dict:
         return {"x": float(top), "error": str(e)}
 
 
+def intervals(law) -> dict:
+    """The law's 95% profile intervals for fits.json: ``ci`` (an open end, e.g. an amplitude the data do not bound
+    above, is None) and ``ci_kind`` (two-sided, lower bound only, upper bound only, not identified)."""
+    return {"ci": {k: law.to_dict()["ci95"][k] for k in law.ci}, "ci_kind": law.interval_kinds()}
+
+
 def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
     grid = np.geomspace(x.min(), EXTRAPOLATE * x.max(), CURVE_POINTS)
     low, high = law.predict_interval(grid)
     return {"law": law, "form": law.form, "formula": law.formula, "params": law.params,
-            "ci": {k: list(v) for k, v in law.ci.items()}, "rmse_log": law.rmse, "n_points": int(len(y)),
+            **intervals(law), "rmse_log": law.rmse, "n_points": int(len(y)),
             "heldout": heldout(x, y, law.form, seed),
             "curve": {"x": grid.tolist(), "y": law.predict(grid).tolist(), "low": low.tolist(),
                       "high": high.tolist(), "data_max": float(x.max())}}
@@ -62,22 +80,26 @@ def _law_entry(law, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
 
 def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], str | None]:
     """The laws along one axis, or none and why the grid does not have that axis."""
-    column, keys, fewest = AXES[axis]
+    column, keys = AXES[axis]
     keys = with_target_size(keys, points)  # a curve holds every other axis fixed
     rows = points[points["source"] != SCRATCH] if axis == "pretrain_size" else points
     if axis == "shots":
         rows = rows[rows["shots"] > 0]  # 0 means every target image, not a point on the shots axis
-    if rows.empty or rows[column].nunique() < fewest:
+    if rows.empty or rows[column].nunique() < MIN_VALUES:
         besides = " besides 0 (every target image)" if axis == "shots" else ""
-        return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s){besides}; a law needs {fewest}"
+        return [], f"{column} has {rows[column].nunique() if len(rows) else 0} value(s){besides}; a law needs " \
+                   f"{MIN_VALUES}"
     level = with_target_size(GROUP, points)
     scratch = points[points["source"] == SCRATCH].groupby(level)["test_error"].mean()
     fits = []
     for key, part in rows.groupby(keys):
-        if part[column].nunique() < fewest:
-            continue
         entry = {"axis": axis, **{k: plain(v) for k, v in zip(keys, key)},
                  "x": sorted(map(plain, part[column].unique()))}
+        refused = too_few(part[column].to_numpy(float), column)
+        if refused:  # a single value is no curve at all; two look like one, so say why there is no law
+            if part[column].nunique() > 1:
+                fits.append({**entry, "error": f"no law: {refused}"})
+            continue
         if axis == "pretrain_size":
             entry["scratch_error"] = plain(scratch.get(tuple(entry[k] for k in level)))
         x, y = part[column].to_numpy(float), part["test_error"].to_numpy(float)
@@ -86,7 +108,7 @@ def axis_laws(points: pd.DataFrame, axis: str, seed: int) -> tuple[list[dict], s
         except FitError as e:
             entry["error"] = str(e)
         fits.append(entry)
-    return fits, None if fits else f"no curve has {fewest} distinct {column} values"
+    return fits, None if any("params" in f for f in fits) else f"no curve has {MIN_VALUES} distinct {column} values"
 
 
 def joint_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]:
@@ -95,20 +117,23 @@ def joint_laws(points: pd.DataFrame, seed: int) -> tuple[list[dict], str | None]
     keys = with_target_size(["source", "budget", "shots"], points)
     fits = []
     for key, part in rows.groupby(keys):
-        if part["params"].nunique() < MIN_VALUES or part["pretrain_size"].nunique() < MIN_VALUES:
-            continue
         entry = {"axis": "joint", **{k: plain(v) for k, v in zip(keys, key)}}
+        refused = [why for c in ("params", "pretrain_size") if (why := too_few(part[c].to_numpy(float), c))]
+        if refused:
+            if part["params"].nunique() > 1 and part["pretrain_size"].nunique() > 1:
+                fits.append({**entry, "error": "no law: " + "; ".join(refused)})
+            continue
         x = {"N": part["params"].to_numpy(float), "D": part["pretrain_size"].to_numpy(float)}
         y = part["test_error"].to_numpy(float)
         try:
             law = fit(x, y, form="joint", seed=seed)
             entry.update(form=law.form, formula=law.formula, params=law.params, rmse_log=law.rmse,
-                         ci={k: list(v) for k, v in law.ci.items()}, n_points=int(len(y)),
+                         **intervals(law), n_points=int(len(y)),
                          heldout=heldout(x, y, "joint", seed))
         except FitError as e:
             entry["error"] = str(e)
         fits.append(entry)
-    reason = None if fits else f"the joint law needs >= {MIN_VALUES} model sizes and pre-training sizes together"
+    reason = None if any("params" in f for f in fits) else f"the joint law needs >= {MIN_VALUES} model sizes and pre-training sizes together"
     return fits, reason
 
 

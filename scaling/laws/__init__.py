@@ -11,7 +11,8 @@ Fitting
 >>> law = fit(n, 0.05 + 3.0 * n ** -0.4, form="saturating", n_boot=50)
 >>> law.form, sorted(law.params)
 ('saturating', ['A', 'E', 'alpha'])
->>> low, high = law.ci["alpha"]                      # 95% bootstrap interval
+>>> low, high = law.ci["alpha"]                      # 95% profile-likelihood interval
+>>> kinds = law.interval_kinds()                     # two-sided, or "lower bound only" where data bound one side
 >>> band = law.predict_interval([1e5, 1e6])         # (low, high) of the law beyond the data
 
 ``fit(x, y, form="auto" | name)`` returns a :class:`Fit` with ``form``, ``params``, ``ci``, ``predict(x)`` and
@@ -76,7 +77,8 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import FitError
-from .fitting import Fit, choose_form, extrapolation_scores, fit, pareto_frontier, transient_end
+from .fitting import Fit, choose_form, extrapolation_scores, fit, transient_end
+from .frontier import pareto_frontier
 from .forms import FORMS
 from .transfer import Transfer, effective_data_transferred, fit_transfer, scratch_size_for, transfer_table
 

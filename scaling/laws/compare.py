@@ -11,9 +11,12 @@ per-seed AUCs (no per-image scores) the replicates resample seeds alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from scipy import stats
 
 from .intervals import percentile_interval, t_over_z
 
@@ -29,10 +32,37 @@ class Contrast:
     n_images: int | None  # None when the bootstrap resampled seeds only
     method: str  # "seeds+images" or "seeds"
     level: float
+    se: float = math.nan  # the bootstrap's standard error (widened like the interval for few seeds)
+    df: int | None = None  # Student's t degrees of freedom of se (seeds only); None: normal
+    tuning_sd: float | None = None  # the hyper-parameter draw's share of se, where it was measured
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided p-value of a zero contrast from estimate / se (normal, or Student's t over few seeds): the
+        figure a multiplicity control adjusts; NaN without a spread."""
+        if not self.se > 0:
+            return math.nan
+        z = abs(self.estimate) / self.se
+        return float(2 * (stats.t.sf(z, self.df) if self.df else stats.norm.sf(z)))
+
+    def at_level(self, level: float) -> tuple[float, float]:
+        """The interval estimate ± quantile·se at another level (e.g. a multiplicity-adjusted one): the dual of
+        :attr:`p_value`, so it holds 0 exactly when p_value > 1 - level."""
+        q = stats.t.ppf((1 + level) / 2, self.df) if self.df else stats.norm.ppf((1 + level) / 2)
+        return self.estimate - q * self.se, self.estimate + q * self.se
+
+    def with_tuning(self, sd: float) -> "Contrast":
+        """The contrast with the hyper-parameter draw's spread (sd of the contrast over re-tunings) added in
+        quadrature to the standard error and to each half of the interval."""
+        q = (stats.t.ppf((1 + self.level) / 2, self.df) if self.df else stats.norm.ppf((1 + self.level) / 2))
+        low = self.estimate - math.hypot(self.estimate - self.low, q * sd)
+        high = self.estimate + math.hypot(self.high - self.estimate, q * sd)
+        return replace(self, low=low, high=high, se=math.hypot(self.se, sd), tuning_sd=sd)
 
     def to_dict(self) -> dict:
         return {"estimate": self.estimate, "ci": [self.low, self.high], "level": self.level,
-                "n_seeds": self.n_seeds, "n_images": self.n_images, "bootstrap": self.method}
+                "n_seeds": self.n_seeds, "n_images": self.n_images, "bootstrap": self.method,
+                "se": self.se, "p_value": self.p_value}
 
 
 def resampled_auc(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -126,8 +156,10 @@ class ImageBootstrap:
         runs = [self.run(a, k) for a, k in zip(arrays, keys or [None] * len(arrays))]
         w = np.asarray(weights, dtype=float)
         estimate = float(w @ [r[0] for r in runs])
-        low, high = _interval(w @ np.array([r[1] for r in runs]), level)
-        return Contrast(estimate, low, high, self.n_seeds, len(self.labels), "seeds+images", level)
+        draws = w @ np.array([r[1] for r in runs])
+        low, high = _interval(draws, level)
+        se = float(np.std(draws[np.isfinite(draws)], ddof=1))
+        return Contrast(estimate, low, high, self.n_seeds, len(self.labels), "seeds+images", level, se)
 
 
 def contrast_images(weights: Sequence[float], probs: Sequence[np.ndarray], labels: np.ndarray, *,
@@ -160,10 +192,12 @@ def contrast_seeds(weights: Sequence[float], aucs: Sequence[np.ndarray], *, n_bo
     draws = stacked[:, si].mean(axis=2).T @ w
     low, high = _interval(draws, level)
     n = stacked.shape[1]
+    se, df = math.nan, None
     if n > 1:
         widen = t_over_z(n - 1, level) * np.sqrt(n / (n - 1))
         low, high = estimate + widen * (low - estimate), estimate + widen * (high - estimate)
-    return Contrast(estimate, float(low), float(high), n, None, "seeds", level)
+        se, df = float(np.std(draws, ddof=1) * np.sqrt(n / (n - 1))), n - 1
+    return Contrast(estimate, float(low), float(high), n, None, "seeds", level, se, df)
 
 
 def verdict(c: Contrast) -> str:

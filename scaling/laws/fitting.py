@@ -7,9 +7,11 @@ bad runs cannot drag the curve. Each form proposes a grid of starting points (mo
 ``[0, 5]``, ...). ``form="auto"`` judges candidates by how well they predict the held-out largest ``x`` after
 fitting the rest, because a law's use is extrapolation and the in-sample fit rewards flexibility instead; it
 skips the opening transient of dense learning curves and leaves the saturating law only for a rival that is
-clearly better there (both rules measured on the public benchmark, see the constants below). Intervals come from
-a residual bootstrap (resampled log residuals, inflated for the degrees of freedom used), computed on first use,
-widened about the estimate by t/z for the few points a law has (see :meth:`Fit.intervals`).
+clearly better there (both rules measured on the public benchmark, see the constants below). The parameters'
+intervals are profile-likelihood intervals, one-sided where the data bound a parameter on one side only
+(:mod:`scaling.laws.profile`); the bands of :meth:`Fit.predict_interval` come from a residual bootstrap (resampled
+log residuals, inflated for the degrees of freedom used), widened about the estimate by t/z for the few points a
+law has.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .checks import ArrayLike, FitError, XLike, as_vector, check_level, named_inputs, positive, target_values
+from .checks import ArrayLike, FitError, XLike, check_level, named_inputs, target_values
 from .forms import FORMS
+from .frontier import pareto_frontier
 from .intervals import percentile_interval, t_over_z
+from .profile import Interval, profile_intervals
 from .solver import DEFAULT_HUBER_DELTA, Problem, solve
 
 # form="auto" candidates by number of variables. m4 and the broken law are left out of the default because on the
@@ -39,31 +43,6 @@ TRANSIENT_FRACTION = 0.25  # of the log-x range, skipped by auto on dense learni
 MIN_DENSE_POINTS = 6  # distinct x that must remain for that
 
 
-# --- Pareto frontier ----------------------------------------------------------------------------------------
-
-
-def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
-    """Indices of the compute-efficient frontier: the lowest ``y`` in each of ``bins`` log-spaced bins of
-    ``x``, kept only where it beats every bin to its left (so the frontier falls monotonically)."""
-    xs = positive(as_vector(x, "x"), "x")
-    ys = as_vector(y, "y")
-    if len(xs) != len(ys):
-        raise FitError(f"x has {len(xs)} values but y has {len(ys)}")
-    if bins < 1:
-        raise FitError(f"bins must be >= 1, got {bins}")
-    edges = np.linspace(np.log(xs.min()), np.log(xs.max()), bins + 1)
-    which = np.clip(np.searchsorted(edges, np.log(xs), side="right") - 1, 0, bins - 1)
-    keep, best = [], np.inf
-    for b in range(bins):
-        members = np.flatnonzero(which == b)
-        if members.size:
-            i = members[np.argmin(ys[members])]
-            if ys[i] < best:
-                keep.append(i)
-                best = ys[i]
-    return np.array(keep, dtype=int)
-
-
 # --- the result ---------------------------------------------------------------------------------------------
 
 
@@ -71,8 +50,9 @@ def pareto_frontier(x: ArrayLike, y: ArrayLike, bins: int = 20) -> np.ndarray:
 class Fit:
     """A fitted law. ``params`` and ``ci`` use the names of the form's formula, in the units of the data.
 
-    ``ci`` (95%) and :meth:`predict_interval` come from a residual bootstrap run once, on first use, with
-    ``n_boot`` replicates seeded by ``seed``. ``selection`` holds, for ``form="auto"``, each candidate's RMSE of
+    ``ci`` (95%) holds profile-likelihood intervals (:meth:`intervals`, computed on first use);
+    :meth:`predict_interval` a residual bootstrap run once, on first use, with ``n_boot`` replicates seeded by
+    ``seed``. ``selection`` holds, for ``form="auto"``, each candidate's RMSE of
     log y on the held-out largest x (``None`` where a form had too few points to be tried).
     """
 
@@ -139,15 +119,72 @@ class Fit:
         return np.array(draws)
 
     def _widening(self, level: float) -> float:
-        """t over z quantile for the residual degrees of freedom. Percentile intervals of a bootstrap from a dozen
-        points are too narrow: E + A·x^-α, 12 points over 3 decades, 2% noise, 80 random laws covered
-        E/A/α in 86/93/91% at 95%; widened by t_{n-p}/z, 94/96/97%."""
+        """t over z quantile for the residual degrees of freedom: a percentile interval of a bootstrap from a dozen
+        points is too narrow (E + A·x^-α, 12 points over 3 decades, 2% noise: 86/93/91% for E/A/α at 95%)."""
         return t_over_z(max(len(self.y) - int(self._problem.free.sum()), 1), level)
 
-    def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        """Bootstrap percentile intervals of the parameters at ``level``, widened about the estimate by
-        :meth:`_widening` (on the log scale for amplitudes), within the parameters' bounds."""
+    @cached_property
+    def _profiles(self) -> dict[float, dict[int, Interval]]:
+        return {}
+
+    def _profile(self, level: float) -> dict[int, Interval]:
+        if level not in self._profiles:
+            self._profiles[level] = profile_intervals(self._problem, self._theta, level)
+        return self._profiles[level]
+
+    def intervals(self, level: float = 0.95, method: str = "profile") -> dict[str, tuple[float, float]]:
+        """Intervals of the parameters at ``level``: name -> (low, high), in the units of the data.
+
+        ``method="profile"`` (the default): profile-likelihood intervals (:mod:`scaling.laws.profile`), which hold
+        where a curve has flattened over the data; a side the data do not bound is the parameter's bound (an
+        exponent's 0 or ``MAX_EXPONENT``, E's 0) or, for an amplitude, 0 or inf; :meth:`interval_kinds` says which.
+        They always hold the point estimate. ``method="bootstrap"``: the residual bootstrap's percentile intervals
+        widened about the estimate by t/z (the method of earlier versions, kept for comparison; it covered E in
+        under half of the laws whose curve flattens, see ``benchmarks/bench_laws.py --coverage``)."""
         check_level(level)
+        if method == "bootstrap":
+            return self._bootstrap_intervals(level)
+        if method != "profile":
+            raise FitError(f"unknown interval method {method!r}; choose 'profile' or 'bootstrap'")
+        form = FORMS[self.form]
+        out = {}
+        for i, name in enumerate(form.params):
+            estimate = self.params[name]
+            found = self._profile(level).get(i)
+            if found is None:  # a parameter pinned by its bounds (m4's E0 given as chance)
+                out[name] = (estimate, estimate)
+                continue
+            ends = []
+            for side, open_end in ((found.low, 0.0), (found.high, math.inf)):
+                if i in form.log_params:
+                    value = math.exp(side.value) if side.bounded or i not in self._amplitudes else open_end
+                else:
+                    value = side.value
+                ends.append(value)
+            out[name] = (min(ends[0], estimate), max(ends[1], estimate))
+        return out
+
+    @property
+    def _amplitudes(self) -> set[int]:
+        return {a for a, *_ in FORMS[self.form].scaled}
+
+    def interval_kinds(self, level: float = 0.95) -> dict[str, str]:
+        """For each parameter, what its profile interval at ``level`` is: ``two-sided``, ``lower bound only`` (the
+        data rule out small values but not large ones: report ``alpha >= low``), ``upper bound only`` or ``not
+        identified``; ``fixed`` for a parameter the fit did not vary."""
+        found = self._profile(level)
+        return {name: found[i].kind if i in found else "fixed" for i, name in enumerate(FORMS[self.form].params)}
+
+    def describe_intervals(self, level: float = 0.95) -> dict[str, str]:
+        """Each parameter's interval in words: ``[0.21, 0.48]``, ``>= 0.31``, ``<= 0.05`` or ``not identified``."""
+        out = {}
+        for name, kind in self.interval_kinds(level).items():
+            low, high = self.intervals(level)[name]
+            out[name] = {"lower bound only": f">= {low:.4g}", "upper bound only": f"<= {high:.4g}",
+                         "not identified": "not identified"}.get(kind, f"[{low:.4g}, {high:.4g}]")
+        return out
+
+    def _bootstrap_intervals(self, level: float) -> dict[str, tuple[float, float]]:
         form = FORMS[self.form]
         public = form.to_public(self._draws, self._problem.log_ref)
         centre = form.to_public(self._theta, self._problem.log_ref)
@@ -164,7 +201,7 @@ class Fit:
 
     @cached_property
     def ci(self) -> dict[str, tuple[float, float]]:
-        """95% bootstrap intervals of the parameters: name -> (low, high)."""
+        """95% profile-likelihood intervals of the parameters: name -> (low, high) (see :meth:`intervals`)."""
         return self.intervals(0.95)
 
     def predict_interval(self, x: XLike, level: float = 0.95, noise: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +227,9 @@ class Fit:
             "formula": self.formula,
             "variables": list(self.variables),
             "params": dict(self.params),
-            "ci95": {k: list(v) for k, v in self.ci.items()} if self.n_boot >= 2 else None,
+            # an open end (an amplitude the data do not bound) as None: JSON has no infinity
+            "ci95": {k: [None if math.isinf(v) else v for v in ends] for k, ends in self.ci.items()},
+            "ci_kind": self.interval_kinds(),
             "selection": dict(self.selection),
             "n_points": int(len(self.y)),
             "x_range": {name: [float(a.min()), float(a.max())] for name, a in zip(self.variables, self.x)},
