@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.fits import fit_curve
+from scaling.analysis.fits import fit_curve, intervals
 from scaling.analysis.grid import GROUP, has_target_axis, plain
 from scaling.config import SCRATCH
 from scaling.laws import FitError, fit, fit_transfer, scratch_size_for
@@ -144,7 +144,7 @@ def transfer_law(cells: list[dict], seed: int) -> tuple[list[dict], str | None]:
                 warnings.simplefilter("ignore")
                 law = fit_transfer(part["target_size"], part["params"], part["transferred"], seed=seed)
             laws.append({"axis": "transfer", "source": source, "form": law.form, "formula": law.formula,
-                         "params": law.params, "ci": {k: list(v) for k, v in law.ci.items()},
+                         "params": law.params, **intervals(law),
                          "n_points": int(len(part))})
         except FitError as e:
             laws.append({"axis": "transfer", "source": source, "error": str(e)})

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scaling.analysis.fits import intervals
 from scaling.analysis.grid import GROUP, on_full_target, plain, with_target_size
 from scaling.analysis.results import best_per_cell
 from scaling.config import SCRATCH
@@ -103,4 +104,4 @@ def _entry(cell: dict, source: str, column: str, what: str, points: pd.DataFrame
              "sizes": sorted(map(int, points.loc[points["source"] == source, "pretrain_size"]))}
     if isinstance(law, Exception):
         return {**entry, "error": str(law)}
-    return {**entry, "form": law.form, "params": law.params, "ci": {k: list(v) for k, v in law.ci.items()}}
+    return {**entry, "form": law.form, "params": law.params, **intervals(law)}
