@@ -1,13 +1,11 @@
 """What a study directory holds for its dashboard: results, laws, findings, MLflow runs and provenance."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from scaling.analysis.answer import Outputs, read_json
 from scaling.track.runs import RUN_INDEX
 
 
@@ -16,11 +14,8 @@ class StudyDirError(ValueError):
 
 
 @dataclass
-class Study:
-    path: Path
-    results: pd.DataFrame
-    fits: dict = field(default_factory=dict)
-    findings: dict | None = None
+class Study(Outputs):
+    """What the analysis wrote, and what the dashboard adds: the MLflow run index, the config, the study's stamp."""
     runs: dict = field(default_factory=dict)
     config: str = ""
     stamp: dict = field(default_factory=dict)
@@ -37,17 +32,13 @@ class Study:
         return f"started {started}, results written {time.strftime(fmt, time.gmtime(made))}"
 
 
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def load_study(path: Path) -> Study:
     path = Path(path)
     results = path / "results.parquet"
     if not results.exists():
         raise StudyDirError(f"{path} holds no results.parquet: not a study directory, or its study has not "
                             f"reached the results stage (run the study, then build again)")
-    return Study(path=path, results=pd.read_parquet(results), fits=_json(path / "fits.json") or {},
-                 findings=_json(path / "findings.json"), runs=_json(path / RUN_INDEX) or {},
+    outputs = Outputs.read(path)
+    return Study(**vars(outputs), runs=read_json(path / RUN_INDEX) or {},
                  config=(path / "config.yaml").read_text() if (path / "config.yaml").exists() else "",
-                 stamp=_json(path / "study.json") or {})
+                 stamp=read_json(path / "study.json") or {})

@@ -44,13 +44,14 @@ class Outputs:
         path = Path(study_dir)
         results = path / "results.parquet"
         return cls(path=path, results=pd.read_parquet(results) if results.exists() else pd.DataFrame(),
-                   fits=_json(path / "fits.json") or {}, findings=_json(path / "findings.json"))
+                   fits=read_json(path / "fits.json") or {}, findings=read_json(path / "findings.json"))
 
     def statements(self) -> list[dict]:
         return (self.findings or {}).get("statements", [])
 
 
-def _json(path: Path):
+def read_json(path: Path):
+    """A JSON file of the study directory, or None when it is absent."""
     return json.loads(path.read_text()) if path.exists() else None
 
 
