@@ -78,14 +78,16 @@ def study_status(study_dir: Path) -> str:
     else:
         note = ""
     active = [j for j, s in states.items() if s.state in ACTIVE]
-    if (study_dir / SUMMARY_FILE).is_file():
-        state = "completed"
+    script = slurm_dir(study_dir) / "job.sbatch"
+    rehearsal = script.is_file() and rendered_setting(script.read_text(), "STUDY_REHEARSE")
+    # a rehearsal's own study is in study/; its checklist, written last, is the rehearsal's end
+    if (study_dir / ("rehearsal.md" if rehearsal else SUMMARY_FILE)).is_file():
+        state = "completed" + (f": the checklist is {study_dir / 'rehearsal.md'}" if rehearsal else "")
     elif active:
         state = f"in progress: job {active[-1]} is {states[active[-1]].state}"
     else:
         state = "not running and not completed: submit it again to resume it (see the last job's log)"
-    script = slurm_dir(study_dir) / "job.sbatch"
-    if script.is_file() and rendered_setting(script.read_text(), "STUDY_REHEARSE"):
+    if rehearsal:
         state += " (a rehearsal: its jobs run the study with --rehearse)"
     lines = [f"study  {study_dir}", f"state  {state}{note}", "jobs"]
     for job_id, position, when, why in jobs:

@@ -221,8 +221,11 @@ def start_ray(address: str | None, log_dir: Path) -> None:
         logger.handlers[:] = [handler]
         logger.propagate = False
     address = address or os.environ.get("RAY_ADDRESS")
+    # a joined cluster's workers have their node's environment, not this one: pass on the Hugging Face cache
+    # (a rehearsal's stand-ins) so they load the weights the driver does
+    hub = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE") if k in os.environ}
     context = ray.init(address=address, log_to_driver=False, configure_logging=False,
-                       runtime_env={"env_vars": TRAIN_ENV}, **({} if address else {"num_cpus": os.cpu_count()}))
+                       runtime_env={"env_vars": {**TRAIN_ENV, **hub}}, **({} if address else {"num_cpus": os.cpu_count()}))
     link_ray_logs(Path(context.address_info["session_dir"]) / "logs", log_dir)
 
 

@@ -2,12 +2,14 @@
 
     python studies/scaling_law.py [--config studies/configs/default.yaml] [--out DIR]
                                   [--address HOST:PORT] [--tracking-uri URI] [key.path=value ...]
-    python studies/scaling_law.py --config CONFIG --rehearse [--out DIR]
+    python studies/scaling_law.py --config CONFIG --rehearse [--out DIR] [--address HOST:PORT] [--tracking-uri URI]
+                                  [key.path=value ...]
 
 --rehearse runs every stage of the config's path on this machine's CPUs in minutes, on stand-in data and
 weights written under DIR (default: runs/<study name>-rehearsal) in the real layouts, at a reduced grid, and
-prints a checklist, what the real run needs and its projected cost (DIR/rehearsal.md). Exit 0 when every stage
-passed, 1 otherwise.
+prints a checklist, what the real run needs and its projected cost (DIR/rehearsal.md). With --address and
+--tracking-uri its study runs on that Ray cluster and logs to that MLflow server. Exit 0 when every stage passed,
+1 otherwise, 75 stopped on SIGUSR1/SIGTERM (rerun the same command to rehearse again).
 
 Without a config it runs the embedded default study on data the package generates itself (no GPU, no
 downloads). Exit codes: 0 done, 1 some jobs failed (rerun to retry them), 2 bad config, 3 bad data,
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             from scaling.rehearse.run import rehearse
 
             return rehearse(cfg, args.out or f"runs/{cfg.name}-rehearsal", command=[sys.executable, str(Path(
-                __file__).resolve())], address=args.address, config_path=args.config)
+                __file__).resolve())], address=args.address, tracking_uri=args.tracking_uri,
+                config_path=args.config)
         return run_study(cfg, out=args.out, address=args.address, tracking_uri=args.tracking_uri,
                          dashboard=dashboards.build)
     except ConfigError as e:

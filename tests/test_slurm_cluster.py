@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = PROJECT_ROOT / "studies" / "configs" / "smoke.yaml"
+TB_BIT = PROJECT_ROOT / "studies" / "configs" / "tb_bit.yaml"
 STANDIN = Path(__file__).with_name("slurm_standin_study.py")
 #: Ray's worker ports, away from the default range of any other Ray on the machine
 WORKER_PORTS = (25000, 25199)
@@ -263,3 +264,30 @@ def test_time_limit_signal_stops_resubmits_and_resumes_to_completion(node_cpus, 
     assert all(a["mlflow"] == 200 and a["nodes_logged_in"] and a["rehearse"] for a in attempts), attempts
     assert f"JOB_ID={job_ids[-1]}\n" in (study_dir / "slurm" / "cluster.env").read_text()
     _assert_nothing_left(study_dir, job_ids)
+
+
+@pytest.mark.skip(reason="not yet seen to pass: with --time=00:20:00 and the default --signal-before=600 Slurm's stop "
+                  "signal came 10 min in, while the rehearsal (~9 min after the cluster's 1.5 min start on 2 cores) "
+                  "wrote its results; --signal-before=60 below is untried, and ~13 min exceeds this file's CI budget")
+def test_a_rehearsal_of_tb_bit_runs_under_sbatch_on_the_jobs_ray_cluster_and_mlflow(node_cpus, study_dir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    _submit(study_dir, node_cpus, "--rehearse", "--time=00:20:00", "--signal-before=60", config=TB_BIT)
+    (job_id,) = _wait_for_chain(study_dir, timeout=1150)
+    log = (study_dir / "slurm" / f"{job_id}.out").read_text()
+    _say(capsys, f"sbatch rehearsal of tb_bit: {time.time() - started:.0f} s wall\n{log[log.find('# Rehearsal'):]}")
+    assert "study completed" in log, log[-5000:]
+    report = json.loads((study_dir / "rehearsal.json").read_text())
+    assert report["passed"] and report["stages"] and all(s["ok"] for s in report["stages"]), report["stages"]
+    status = subprocess.run([sys.executable, "-m", "ray_cluster", "status", "--out", str(study_dir)], capture_output=True,
+                            text=True, cwd=PROJECT_ROOT)
+    assert f"completed: the checklist is {study_dir / 'rehearsal.md'}" in status.stdout, status.stdout + status.stderr
+
+    # the rehearsal's study ran on the job's Ray cluster and logged in to the job's MLflow server
+    assert "POST /api/2.0/mlflow/runs/create" in (study_dir / "slurm" / job_id / "mlflow.log").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and not (study_dir / "study" / "mlflow.db").exists()
+    assert len(list((study_dir / "slurm" / job_id / "ray-logs").glob("*/python-core-driver-*.log"))) >= 2
+    _assert_nothing_left(study_dir, [job_id])

@@ -87,12 +87,14 @@ def scaled_sizes(sizes: list[int], largest: int) -> list[int]:
 
 
 def stand_in_target(ref: dict, cfg: StudyConfig, root: Path, plan: Rehearsal) -> dict:
-    """The target's stand-in: enough images per class for the largest n-shot subset after the validation split;
-    returns its test images by key (for planting)."""
+    """The target's stand-in: enough images per class for the largest n-shot subset after the validation split
+    (and the test split carved first from a target without one, Shenzhen/Montgomery); returns its test images by
+    key (for planting)."""
     name = ref["dataset"]
     if name not in standin_data.TARGETS:
         return {}  # synthetic targets generate themselves
-    per_class = math.ceil(max(cfg.data.shots) / (1 - cfg.data.val_fraction)) + 8
+    # both splits are random by patient, not by class: a fifth more than their expected share
+    per_class = math.ceil(1.2 * max(cfg.data.shots) / (1 - cfg.data.val_fraction) ** 2) + 8
     standin, tests = standin_data.TARGETS[name](root, per_class, TEST_PER_CLASS, cfg.seed, ref["options"])
     ref["options"] = {**ref["options"], "root": str(root)}
     plan.data["target"] = standin

@@ -41,14 +41,18 @@ class Runs:
     #: trial -> its ledger entry when the stop was sent
     ended_before_stop: dict[str, dict] = field(default_factory=dict)
     ddp: dict = field(default_factory=dict)
+    #: the driver while it runs, and the stop signal the rehearsal itself got (Slurm's, before a time limit)
+    driver: subprocess.Popen | None = None
+    stopped_by: int | None = None
 
 
 def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], address: str | None = None,
-             config_path: str = "<config>", log=print) -> int:
+             tracking_uri: str | None = None, config_path: str = "<config>", log=print) -> int:
     """Rehearse study `cfg` (read from `config_path`, which the printed commands name) in `out`: stand-ins, the
     reduced study run with `command` (the application's entry point, given `--config FILE --out DIR`, and
-    `--address` when `address`, a Ray cluster to join, is given), the DDP job (on that cluster too), the
-    checklist. Returns 0 when every stage passed, else 1."""
+    `--address` when `address`, a Ray cluster to join, is given, `--tracking-uri` when `tracking_uri`, an MLflow
+    server, is), the DDP job (on that cluster too), the checklist. Returns 0 when every stage passed, else 1;
+    EXIT_RESUMABLE when stopped by SIGTERM/SIGUSR1 (passed on to the driver), so a resubmitted job rehearses again."""
     started = time.time()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -60,15 +64,31 @@ def rehearse(cfg: StudyConfig, out: str | Path, *, command: list[str], address: 
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     study = out / "study"
     joins = ["--address", address] if address else []
-    driver = [*command, "--config", str(config), "--out", str(study), *joins]
+    tracking = ["--tracking-uri", tracking_uri] if tracking_uri else []
+    driver = [*command, "--config", str(config), "--out", str(study), *joins, *tracking]
     runs = Runs()
-    log("rehearsal: the study, to be stopped once its first fine-tuning trial has ended")
-    run_driver(driver, env, out / "logs" / "driver-1.log", runs, stop_when_ended=study / "trials", log=log)
-    if runs.exits[-1] == EXIT_RESUMABLE:
-        log("rehearsal: the study again, resuming")
-        run_driver(driver, env, out / "logs" / "driver-2.log", runs, log=log)
-    log(f"rehearsal: one job on {cfg.resources.num_workers} DDP workers (gloo)")
-    runs.ddp = ddp_job(config, study, cfg.resources.num_workers, out, env, joins, log)
+
+    def stop(signum, _frame):
+        runs.stopped_by = signum
+        if runs.driver is not None and runs.driver.poll() is None:
+            runs.driver.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        log("rehearsal: the study, to be stopped once its first fine-tuning trial has ended")
+        run_driver(driver, env, out / "logs" / "driver-1.log", runs, stop_when_ended=study / "trials", log=log)
+        if runs.exits[-1] == EXIT_RESUMABLE and runs.stopped_by is None:
+            log("rehearsal: the study again, resuming")
+            run_driver(driver, env, out / "logs" / "driver-2.log", runs, log=log)
+        if runs.stopped_by is None:
+            log(f"rehearsal: one job on {cfg.resources.num_workers} DDP workers (gloo)")
+            runs.ddp = ddp_job(config, study, cfg.resources.num_workers, out, env, joins, log)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if runs.stopped_by is not None:
+        log(f"rehearsal: stopped by signal {runs.stopped_by}; run it again to rehearse again")
+        return EXIT_RESUMABLE
     report = checklist.build(cfg, plan, study, runs, time.time() - started, config_path)
     text = checklist.render(report)
     (out / "rehearsal.md").write_text(text)
@@ -84,10 +104,11 @@ def run_driver(driver: list[str], env: dict, log_path: Path, runs: Runs, *, stop
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_path, "w") as sink:
-        proc = subprocess.Popen(driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = runs.driver = subprocess.Popen(driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              text=True)
         copier = threading.Thread(target=_copy, args=(proc.stdout, sink, log), daemon=True)
         copier.start()
-        while stop_when_ended is not None and proc.poll() is None:
+        while stop_when_ended is not None and proc.poll() is None and runs.stopped_by is None:
             ended = _ended(stop_when_ended)
             if ended:
                 runs.ended_before_stop = ended
