@@ -94,3 +94,11 @@ def test_the_smoke_study_ends_with_its_answer_and_logs_summary_md(smoke_study):
     assert "saliency" not in result.stdout.split("results: ")[1]  # the trust table left the screen
     logged = [p for p in (out / "mlartifacts").rglob(SUMMARY_MD)]
     assert len(logged) == 1 and logged[0].read_text() == text
+
+
+def test_an_exponent_bounded_on_one_side_shows_only_its_bound():
+    from scaling.analysis.answer import _alpha_interval
+
+    law = {"ci": {"alpha": [0.84, 5.0]}, "ci_kind": {"alpha": "lower bound only"}}
+    assert _alpha_interval(law) == "[≥ 0.84]"
+    assert _alpha_interval({"ci": {"alpha": [0.07, 0.23]}, "ci_kind": {"alpha": "two-sided"}}) == "[0.07, 0.23]"

@@ -141,11 +141,23 @@ def _exponents(laws: list[dict], source: str, order: list[str], absent: str) -> 
     parts = []
     for f in mine:
         if f in fitted:
-            lo, hi = f["ci"]["alpha"]
-            parts.append(f"{f['model']} {_num(f['params']['alpha'], False)} [{_num(lo, False)}, {_num(hi, False)}]")
+            parts.append(f"{f['model']} {_num(f['params']['alpha'], False)} {_alpha_interval(f)}")
         else:
             parts.append(f"{f['model']} no fit")
     return " · ".join(parts)
+
+
+def _alpha_interval(law: dict) -> str:
+    """The exponent's 95% interval as fits.json states its kind: an end that is only the fit's bound is not shown."""
+    lo, hi = law["ci"]["alpha"]
+    kind = law.get("ci_kind", {}).get("alpha", "two-sided")
+    if kind == "lower bound only":
+        return f"[≥ {_num(lo, False)}]"
+    if kind == "upper bound only":
+        return f"[≤ {_num(hi, False)}]"
+    if kind == "not identified":
+        return "[not identified]"
+    return f"[{_num(lo, False)}, {_num(hi, False)}]"
 
 
 def _multipliers(cells: list[dict], source: str, absent: str) -> str:
