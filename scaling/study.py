@@ -41,7 +41,7 @@ from scaling.sweep.ledger import ENDED, Ledger
 from scaling.sweep.plan import FinetunePoint, finetune_points, pretrain_jobs
 from scaling.sweep.reference import reference_set
 from scaling.sweep.search import METRIC
-from scaling.sweep.tune import concurrency, run_finetuning, run_pretraining
+from scaling.sweep.tune import concurrency, end_stored_pretraining, run_finetuning, run_pretraining
 from scaling.track.progress import Progress
 from scaling.track.runs import RUN_INDEX, StudyTracker, code_version
 from scaling.track.server import REOPEN_UI, TrackingServer, reopen_command
@@ -225,7 +225,8 @@ def start_ray(address: str | None, log_dir: Path) -> None:
     # (a rehearsal's stand-ins) so they load the weights the driver does
     hub = {k: os.environ[k] for k in ("HF_HUB_CACHE", "HF_HUB_OFFLINE") if k in os.environ}
     context = ray.init(address=address, log_to_driver=False, configure_logging=False,
-                       runtime_env={"env_vars": {**TRAIN_ENV, **hub}}, **({} if address else {"num_cpus": os.cpu_count()}))
+                       runtime_env={"env_vars": {**TRAIN_ENV, **hub}},
+                       **({} if address else {"num_cpus": os.cpu_count()}))
     link_ray_logs(Path(context.address_info["session_dir"]) / "logs", log_dir)
 
 
@@ -251,6 +252,9 @@ def pretrain_stage(jobs: StudyJobs, study_dir: Path, concurrent: int, tracker: S
     store = CheckpointStore(jobs.store_dir)
     for wave in pretrain_jobs(jobs.cfg):
         todo = [j for j in wave if not store.intact(jobs.pretrain_key(j))]  # a corrupted entry: built again
+        # stored, but the driver was killed before it recorded the job's end
+        unrecorded = [j.name for j in wave if j not in todo and ledger.get(j.name).get("status") == "running"]
+        end_stored_pretraining(unrecorded, tracker, ledger)
         progress.stage("pretrain", len(todo), concurrent)
         if todo:
             run_pretraining(jobs, todo, concurrent, tracker, progress, ledger)

@@ -136,8 +136,7 @@ class StudyCallback(tune.Callback):
                   error_file=str(trial.error_file or "see logs"))
 
     def _end(self, name: str, status: str, result: dict, mlflow_status: str, **extra) -> None:
-        metrics = {k: v for k, v in result.items()
-                   if k.startswith(("val_", "test_", "train_", "eval_", "step", "diverged_"))}
+        metrics = recorded_metrics(result)
         artifacts = {f"{split}_confusion.json": json.loads(metrics[f"{split}_confusion"])
                      for split in ("val", "test") if isinstance(metrics.get(f"{split}_confusion"), str)}
         self.tracker.finish(self.tracker.child(name, self.kind, {}), mlflow_status, artifacts)
@@ -148,6 +147,21 @@ class StudyCallback(tune.Callback):
         else:
             self.progress.ended(name, f"{status} ({extra['error']})" if "error" in extra else status,
                                 result.get(METRIC))
+
+
+def recorded_metrics(result: dict) -> dict:
+    """What the ledger keeps of a trial's last result."""
+    return {k: v for k, v in result.items() if k.startswith(("val_", "test_", "train_", "eval_", "step", "diverged_"))}
+
+
+def end_stored_pretraining(names: list[str], tracker: StudyTracker, ledger: Ledger) -> None:
+    """End pre-training jobs whose checkpoint is stored but whose end was never recorded (the driver was killed
+    between the two): from what their MLflow run logged, as the callback would have."""
+    for name in names:
+        run_id = tracker.child(name, "pretrain", {})
+        metrics = recorded_metrics(tracker.latest_metrics(run_id))
+        tracker.finish(run_id, "FINISHED")
+        ledger.update(name, status="finished", metrics=metrics, ended_at=time.time())
 
 
 def error_line(trace: str | None) -> str:

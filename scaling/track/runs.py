@@ -117,6 +117,10 @@ class StudyTracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    def latest_metrics(self, run_id: str) -> dict:
+        """The last value of each metric a run logged."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
     def finish(self, run_id: str, status: str, artifacts: dict | None = None) -> None:
         """End a run as FINISHED / FAILED / KILLED, with JSON artifacts (e.g. a confusion matrix)."""
         for name, content in (artifacts or {}).items():
