@@ -168,7 +168,7 @@ def data_stage(cfg: StudyConfig, progress: Progress, address: str | None = None)
     for the stage and stopped after it: the study directory, where Ray's logs go, is made after this stage)."""
     with RayChunks(address) as map_chunks:
         data = prepare_study_data(cfg, log=progress.say, map_chunks=map_chunks)
-    data = replace(data, reference=reference_set(cfg, data, progress.say))
+        data = replace(data, reference=reference_set(cfg, data, progress.say, map_chunks))
     check_target_sizes(cfg, data)
     return data
 

@@ -16,17 +16,19 @@ from dataclasses import replace
 import numpy as np
 
 from scaling.config import StudyConfig
+from scaling.data.executors import MapChunks, in_process
 from scaling.data.stage import Log, PreparedSet, StudyData, open_source, prepare_set
 
 
-def reference_set(cfg: StudyConfig, data: StudyData, log: Log) -> PreparedSet | None:
-    """The reference set's shards (built or reused like any dataset's) and its rows: train = the pool, val and
-    test = the target's images in the target's order; None when the study asks for none."""
+def reference_set(cfg: StudyConfig, data: StudyData, log: Log,
+                  map_chunks: MapChunks = in_process) -> PreparedSet | None:
+    """The reference set's shards (built or reused like any dataset's, its chunks run by `map_chunks`) and its rows:
+    train = the pool, val and test = the target's images in the target's order; None when the study asks for none."""
     if not cfg.sweep.scratch_reference_images:
         return None
     ref = replace(cfg.data.target, options={**cfg.data.target.options, "size": cfg.sweep.scratch_reference_images})
     prepared = prepare_set("reference", open_source("data.target", ref), cfg.data, cfg.data.val_fraction, cfg.seed,
-                           log)
+                           log, map_chunks)
     recs = prepared.shards.records
     # a training image's key is its index, the same in both; test keys follow the training images, so they
     # differ by the size, and the test images are taken in their order, as the target's are
