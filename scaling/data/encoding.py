@@ -5,9 +5,9 @@ Encodings: "raw" (the pixel array's bytes), "png" (lossless: X-rays, 8 or 16 bit
 the encoding's name, so it is part of the shard key and a change rebuilds the set.
 
 Encoding (once, when shards are built) uses Pillow: its PNG bytes are those of every shard set built so far.
-Decoding (every epoch, in the loader workers) uses OpenCV's `imdecode` (libjpeg-turbo, libpng, libwebp, installed
-with grad-cam): on this machine it decodes JPEG about 15-30% faster than Pillow and PNG at the same speed, and it
-writes straight into a numpy array, without Pillow's extra copy (benchmarks/bench_loader.py measures both).
+Decoding (every epoch, in the loader workers) uses OpenCV's `imdecode` (`opencv-python-headless`: libjpeg-turbo,
+libpng, libwebp): on this machine it decodes JPEG about 15-30% faster than Pillow and PNG at the same speed, and
+it writes straight into a numpy array, without Pillow's extra copy (benchmarks/bench_loader.py measures both).
 Decoding is deterministic for a given OpenCV build; PNG round trips are exact with either library.
 
 This module imports no image library at the top, so that checking a config (`encoding_problem`) stays light.
