@@ -4,6 +4,7 @@ the covidx_bit rehearsal end to end, asserting on what the study it ran wrote.""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,14 +108,35 @@ def test_cpu_preflight_grows_with_the_micro_batch_and_restores_batchnorm():
     assert micro == 4 and found <= peak(4) * 1.01
 
 
+def _rehearse_until(out: Path, sig: int, *lines: str) -> tuple[int, str]:
+    """Run the covidx_bit rehearsal in `out`; send it `sig` once it has printed lines holding each of `lines`, in
+    that order. Its exit code and output."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "studies" / "scaling_law.py"), "--config",
+                             str(CONFIGS / "covidx_bit.yaml"), "--rehearse", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, waiting = [], list(lines)
+    for text in proc.stdout:
+        seen.append(text)
+        if waiting and waiting[0] in text:
+            waiting.pop(0)
+            if not waiting:
+                proc.send_signal(sig)
+    return proc.wait(timeout=1800), "".join(seen)
+
+
 @pytest.mark.slow
-def test_covidx_bit_rehearsal_runs_every_stage(tmp_path):
+def test_covidx_bit_rehearsal_runs_every_stage_and_goes_on_after_its_job_is_stopped(tmp_path):
     out = tmp_path / "rehearsal"
-    done = subprocess.run([sys.executable, str(ROOT / "studies" / "scaling_law.py"), "--config",
-                           str(CONFIGS / "covidx_bit.yaml"), "--rehearse", "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "## Projected cost of the real run" in done.stdout and (out / "rehearsal.md").is_file()
+    # a job's end (SIGTERM) while the rehearsal's second driver run fine-tunes: the rehearsal stops, resumably
+    code, first = _rehearse_until(out, signal.SIGTERM, "rehearsal: the study again, resuming", "] finetune ")
+    assert code == 75 and "run it again to go on from here" in first, first[-4000:]
+    assert json.loads((out / "rehearsal-state.json").read_text())["exits"] == [75, 75]
+    # the resubmitted job goes on from that step (it neither stops its driver at once over the trials that ended
+    # before, nor runs the first step again); Slurm's early warning during the DDP job stops nothing: all is done
+    code, second = _rehearse_until(out, signal.SIGUSR1, "rehearsal: one job on")
+    assert code == 0, second[-4000:]
+    assert "going on from an earlier attempt" in second and "to be stopped once" not in second, second[:3000]
+    assert "## Projected cost of the real run" in second and (out / "rehearsal.md").is_file()
     report = json.loads((out / "rehearsal.json").read_text())
     stages = {s["stage"]: s for s in report["stages"]}
     assert all(s["ok"] for s in stages.values()), stages
@@ -125,8 +147,10 @@ def test_covidx_bit_rehearsal_runs_every_stage(tmp_path):
     # the leakage guard removed and counted exactly the planted near-duplicates
     assert json.loads((study / "summary.json").read_text())["leakage"]["medical"] == {"near_duplicates": 3,
                                                                                       "removed": 3}
-    # stopped once mid-sweep, then resumed: two fine-tuning attempts, nothing ended run twice
-    assert json.loads((study / "attempts.json").read_text())["finetune"] == 2
+    # stopped once mid-sweep, then resumed (cut once and resumed again): three fine-tuning attempts, nothing
+    # ended run twice
+    assert json.loads((study / "attempts.json").read_text())["finetune"] == 3
+    assert stages["stop + resume"]["what"].startswith("driver exits [75, 0]")
     assert "stopped on request" in (out / "logs" / "driver-1.log").read_text()
     # every value of every axis trained (reduced budgets 2 and 3 stand for 500 and 2000)
     results = pd.read_parquet(study / "results.parquet")
