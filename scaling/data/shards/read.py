@@ -193,11 +193,13 @@ class ShardReader:
                 parts.append(images.take(pa.array(rows)).combine_chunks().cast(pa.large_binary()))
                 order.append(where)
                 continue
-            first = 0
-            for chunk in images.chunks:  # straight into `out`: one copy of the pixels
-                inside = (rows >= first) & (rows < first + len(chunk))
-                out[where[inside]] = self._pixels(chunk)[rows[inside] - first]
-                first += len(chunk)
+            # one copy per image, straight from Arrow's buffer into `out`: a fancy-indexed gather then scatter
+            # copied each image twice through a fresh batch-sized temporary, ~15% of a lazy raw batch
+            pixels = [self._pixels(chunk) for chunk in images.chunks]
+            starts = np.cumsum([0] + [len(chunk) for chunk in images.chunks])
+            chunk_of = np.searchsorted(starts, rows, side="right") - 1
+            for position, chunk, at in zip(where.tolist(), chunk_of.tolist(), (rows - starts[chunk_of]).tolist()):
+                out[position] = pixels[chunk][at]
         if raw:
             return out
         if not parts:
