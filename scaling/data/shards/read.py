@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +156,7 @@ class ShardReader:
 
     Raw images of one image per row group (512 px: `layout.group_rows`) skip Parquet's reader: pyarrow stores
     such an image as the column chunk's dictionary page (a dictionary of one value, zstd-compressed), so a read
-    is one pread of that page and one zstd decompression, as `_page_image` does. Through `read_row_groups` the
+    is one pread of that page and one zstd decompression (`_page_images`). Through `read_row_groups` the
     same image cost about 100 us more (Parquet's per-row-group setup and its copies into the table), which put
     lazy raw batches at ~0.75 of the in-memory decode rate (benchmarks/bench_loader.py)."""
 
@@ -212,12 +212,24 @@ class ShardReader:
             self._pages[file_no] = pages
         return self._pages[file_no]
 
-    def _page_image(self, file_no: int, offset: int, length: int) -> np.ndarray:
-        """The raw image stored in the dictionary page at `offset` (header and zstd frame, `length` bytes)."""
+    def _raw_file(self, file_no: int) -> int:
+        """A file descriptor of the file, for positioned reads of its pages."""
         handle = self._raw_files.get(file_no)
         if handle is None:
             handle = self._raw_files[file_no] = open(self.shards.path / self.shards.files[file_no], "rb", buffering=0)
-        kind, size, data = _page_data(os.pread(handle.fileno(), length, offset))
+        return handle.fileno()
+
+    def _page_images(self, file_no: int, pages: list[list[int]]) -> Iterator[np.ndarray]:
+        """The raw images stored in the dictionary pages (offset, bytes: header and zstd frame) of one file."""
+        fd = self._raw_file(file_no)
+        if hasattr(os, "posix_fadvise"):  # all pages asked of the disk at once: cold reads take half the time
+            for offset, length in pages:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        for offset, length in pages:
+            yield self._page_image(file_no, fd, offset, length)
+
+    def _page_image(self, file_no: int, fd: int, offset: int, length: int) -> np.ndarray:
+        kind, size, data = _page_data(os.pread(fd, length, offset))
         if (kind, size) != (DICTIONARY_PAGE, self._image_bytes) or bytes(data[:4]) != ZSTD_MAGIC:
             raise DataError(f"{self.shards.path / self.shards.files[file_no]}: the page at byte {offset} is not a "
                             f"zstd-compressed dictionary page of one {self._image_bytes}-byte image")
@@ -249,8 +261,9 @@ class ShardReader:
             groups, group_of = np.unique(group[where], return_inverse=True)
             pages = self._image_pages(int(number)) if raw else None
             if pages is not None:
-                for k, at in enumerate(groups.tolist()):  # each group read once, however often it is asked for
-                    out[where[group_of == k]] = self._page_image(int(number), *pages[at].tolist())
+                # each group read once, however often it is asked for
+                for k, image in enumerate(self._page_images(int(number), pages[groups].tolist())):
+                    out[where[group_of == k]] = image
                 continue
             images = self._read_groups(int(number), groups)
             # a row's place among the groups read: groups before it are full (only a file's last one is short)
