@@ -1,6 +1,6 @@
 """Raw images of one image per row group are read straight from their Parquet dictionary page (ShardReader's fast
 path): the same bytes as Parquet's own reader, any order and repeats, a damaged page refused naming the file, and
-pages without a dictionary still read through Parquet."""
+pages without a dictionary still read through Parquet, forked loader workers the same pixels."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,15 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 import scaling.data.shards.layout as shards_layout
 from scaling.data.base import DataError
 from scaling.data.preprocess import Preprocess, preprocess_image
-from scaling.data.shards import ShardReader, ShardSet, prepare_shards
+from scaling.data.shards import ShardDataset, ShardReader, ShardSet, prepare_shards
 from scaling.files import MANIFEST
+from scaling.train.batches import StepBatches
 from tiny_dataset import TinyDataset
 
 
@@ -62,3 +65,15 @@ def test_pages_written_without_a_dictionary_are_read_through_parquet(tmp_path, m
     reader = ShardReader(ShardSet.open(shards.path))
     assert reader._image_pages(0) is None
     assert np.array_equal(reader.take_stored([4, 1])[0], preprocess_image(dataset.image(4), shards.preprocess, 1))
+
+
+def test_forked_loader_workers_read_the_same_pixels_from_the_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_layout, "GROUP_BYTES", 16 * 16)
+    shards = prepare_shards(TinyDataset(n=24, height=16, width=16), Preprocess(16), tmp_path)
+    lazy = ShardDataset(shards, memory_bytes=0)
+    lazy.__getitems__([5, 1])  # the parent opens the file first: its handle must not serve the workers
+    steps = StepBatches(np.arange(24), 6, seed=3, start=0, stop=4)
+    held = [x for x, _ in DataLoader(ShardDataset(shards), batch_sampler=steps)]
+    forked = [x for x, _ in DataLoader(lazy, batch_sampler=steps, num_workers=2, multiprocessing_context="fork")]
+    assert lazy._preloaded is None and lazy._reader._raw_files
+    assert all(torch.equal(a, b) for a, b in zip(held, forked, strict=True))
