@@ -155,10 +155,11 @@ class ShardReader:
     inherited handle must not be shared).
 
     Raw images of one image per row group (512 px: `layout.group_rows`) skip Parquet's reader: pyarrow stores
-    such an image as the column chunk's dictionary page (a dictionary of one value, zstd-compressed), so a read
-    is one pread of that page and one zstd decompression (`_page_images`). Through `read_row_groups` the
-    same image cost about 100 us more (Parquet's per-row-group setup and its copies into the table), which put
-    lazy raw batches at ~0.75 of the in-memory decode rate (benchmarks/bench_loader.py)."""
+    such an image as its column chunk's dictionary page (a dictionary of one value, zstd-compressed), so a read
+    is one pread of that page and one zstd decompression (`_page_images`; a batch's pages are announced to the
+    kernel first, so that cold reads overlap). Through `read_row_groups` a 512 px image cost 70-100 us more
+    (~300 us in all: Parquet's per-row-group setup and its copies into the table), which held lazy raw batches
+    at 0.72-0.78 of the in-memory decode rate (benchmarks/bench_loader.py; now about 0.9)."""
 
     def __init__(self, shards: ShardSet):
         self.shards = shards
