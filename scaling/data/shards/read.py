@@ -3,9 +3,10 @@ its records, and its stored images by row (`ShardReader`, torch-free random acce
 groups of the rows asked for)."""
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from scaling.data.encoding import decode_image
 from scaling.data.preprocess import Preprocess
 from scaling.data.shards.layout import RECORDS, SHARD_FORMAT_VERSION
 from scaling.files import MANIFEST, verify
+
+#: parquet.thrift: PageType.DICTIONARY_PAGE, and the compact protocol's header byte of fields 1, 2, 3 (each the next
+#: field id, type i32) with which Thrift-generated writers (pyarrow, parquet-java) begin a PageHeader: type,
+#: uncompressed and compressed size
+DICTIONARY_PAGE, NEXT_I32_FIELD = 2, 0x15
+ZSTD, ZSTD_MAGIC = pa.Codec("zstd"), b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +127,22 @@ def _read_records(path: Path, task: Task) -> pd.DataFrame:
     return records
 
 
+def _page_data(page: bytes) -> tuple[int, int, memoryview | bytes]:
+    """(type, uncompressed size, compressed data) of a Parquet page read whole (header, then data), from the first
+    three fields of its Thrift compact header; (-1, -1, b"") when it does not begin with them."""
+    fields, at = [], 0
+    while len(fields) < 3 and at < len(page) and page[at] == NEXT_I32_FIELD:
+        value, shift, at = 0, 0, at + 1
+        while at < len(page):  # a zigzag varint
+            value, shift, at = value | (page[at] & 0x7F) << shift, shift + 7, at + 1
+            if page[at - 1] < 0x80:
+                break
+        fields.append(value >> 1 ^ -(value & 1))
+    if len(fields) < 3 or not 0 < fields[2] <= len(page) - at:
+        return -1, -1, b""
+    return fields[0], fields[1], memoryview(page)[len(page) - fields[2]:]  # the data ends the page
+
+
 class ShardReader:
     """Random access to the stored images of a shard set, without torch.
 
@@ -129,7 +152,14 @@ class ShardReader:
     cached here (the OS's page cache is the cache). Files are read with plain positioned reads, not memory
     maps: predictable on parallel file systems, and counted in /proc/self/io (benchmarks/bench_loader.py). File
     handles are per process: dropped when the reader is pickled to a spawned worker, re-opened after a fork (an
-    inherited handle must not be shared)."""
+    inherited handle must not be shared).
+
+    Raw images of one image per row group (512 px: `layout.group_rows`) skip Parquet's reader: pyarrow stores
+    such an image as its column chunk's dictionary page (a dictionary of one value, zstd-compressed), so a read
+    is one pread of that page and one zstd decompression (`_page_images`; a batch's pages are announced to the
+    kernel first, so that cold reads overlap). Through `read_row_groups` a 512 px image cost 70-100 us more
+    (~300 us in all: Parquet's per-row-group setup and its copies into the table), which held lazy raw batches
+    at 0.72-0.78 of the in-memory decode rate (benchmarks/bench_loader.py; now about 0.9)."""
 
     def __init__(self, shards: ShardSet):
         self.shards = shards
@@ -138,6 +168,11 @@ class ShardReader:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._files: dict[int, pq.ParquetFile] = {}
+        #: per file: (offset, bytes) of each row group's image page when `_page_image` can read them, else None
+        self._pages: dict[int, np.ndarray | None] = {}
+        self._raw_files: dict[int, io.FileIO] = {}
+        self._dtype = self.shards.dtype
+        self._image_bytes = int(np.prod(self.shards.shape)) * self._dtype.itemsize
 
     def __getstate__(self) -> dict:
         return {"shards": self.shards}
@@ -157,13 +192,50 @@ class ShardReader:
         return file_no, group, row
 
     def _file(self, file_no: int) -> pq.ParquetFile:
-        if os.getpid() != self._pid:  # forked: the parent's handles must not be shared
-            self._reset()
         handle = self._files.get(file_no)
         if handle is None:
             handle = pq.ParquetFile(self.shards.path / self.shards.files[file_no])
             self._files[file_no] = handle
         return handle
+
+    def _image_pages(self, file_no: int) -> np.ndarray | None:
+        """(offset, bytes) of each row group's dictionary page in a file of one raw image per zstd-compressed
+        row group, or None (groups of several images, encoded images, or pages written without a dictionary,
+        as another writer may): `take_stored` then reads row groups through Parquet."""
+        if file_no not in self._pages:
+            metadata, pages = self._file(file_no).metadata, None
+            if self.shards.preprocess.encoding == "raw" and self.shards.rows_per_group == 1:
+                image = metadata.schema.to_arrow_schema().get_field_index("image")
+                chunks = [metadata.row_group(g).column(image) for g in range(metadata.num_row_groups)]
+                if all(c.compression == "ZSTD" and c.has_dictionary_page and c.num_values == 1 for c in chunks):
+                    pages = np.array([(c.dictionary_page_offset, c.data_page_offset - c.dictionary_page_offset)
+                                      for c in chunks], dtype=np.int64)
+            self._pages[file_no] = pages
+        return self._pages[file_no]
+
+    def _raw_file(self, file_no: int) -> int:
+        """A file descriptor of the file, for positioned reads of its pages."""
+        handle = self._raw_files.get(file_no)
+        if handle is None:
+            handle = self._raw_files[file_no] = open(self.shards.path / self.shards.files[file_no], "rb", buffering=0)
+        return handle.fileno()
+
+    def _page_images(self, file_no: int, pages: list[list[int]]) -> Iterator[np.ndarray]:
+        """The raw images stored in the dictionary pages (offset, bytes: header and zstd frame) of one file."""
+        fd = self._raw_file(file_no)
+        if hasattr(os, "posix_fadvise"):  # all pages asked of the disk at once: cold reads take half the time
+            for offset, length in pages:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        for offset, length in pages:
+            yield self._page_image(file_no, fd, offset, length)
+
+    def _page_image(self, file_no: int, fd: int, offset: int, length: int) -> np.ndarray:
+        kind, size, data = _page_data(os.pread(fd, length, offset))
+        if (kind, size) != (DICTIONARY_PAGE, self._image_bytes) or bytes(data[:4]) != ZSTD_MAGIC:
+            raise DataError(f"{self.shards.path / self.shards.files[file_no]}: the page at byte {offset} is not a "
+                            f"zstd-compressed dictionary page of one {self._image_bytes}-byte image")
+        pixels = np.frombuffer(ZSTD.decompress(data, self._image_bytes), dtype=self._dtype)
+        return pixels.reshape(self.shards.shape)
 
     def _read_groups(self, file_no: int, groups: np.ndarray) -> pa.ChunkedArray:
         """The stored images of row groups `groups` (ascending) of one file, in that order."""
@@ -180,12 +252,20 @@ class ShardReader:
         """Many images as stored, in the order asked: a dense array for raw encoding, a LargeBinaryArray of
         encoded images otherwise (`decode` one item of it)."""
         file_no, group, row = self.locate(indices)
+        if os.getpid() != self._pid:  # forked: the parent's handles must not be shared
+            self._reset()
         raw = self.shards.preprocess.encoding == "raw"
         out = np.empty((len(file_no), *self.shards.shape), self.shards.dtype) if raw else None
         parts, order = [], []
         for number in np.unique(file_no):
             where = np.flatnonzero(file_no == number)
-            groups = np.unique(group[where])
+            groups, group_of = np.unique(group[where], return_inverse=True)
+            pages = self._image_pages(int(number)) if raw else None
+            if pages is not None:
+                # each group read once, however often it is asked for
+                for k, image in enumerate(self._page_images(int(number), pages[groups].tolist())):
+                    out[where[group_of == k]] = image
+                continue
             images = self._read_groups(int(number), groups)
             # a row's place among the groups read: groups before it are full (only a file's last one is short)
             rows = np.searchsorted(groups, group[where]) * self.shards.rows_per_group + row[where]
@@ -193,11 +273,13 @@ class ShardReader:
                 parts.append(images.take(pa.array(rows)).combine_chunks().cast(pa.large_binary()))
                 order.append(where)
                 continue
-            first = 0
-            for chunk in images.chunks:  # straight into `out`: one copy of the pixels
-                inside = (rows >= first) & (rows < first + len(chunk))
-                out[where[inside]] = self._pixels(chunk)[rows[inside] - first]
-                first += len(chunk)
+            # one copy per image, straight from Arrow's buffer into `out` (a fancy-indexed gather then scatter
+            # copies twice, through a fresh batch-sized temporary)
+            pixels = [self._pixels(chunk) for chunk in images.chunks]
+            starts = np.cumsum([0] + [len(chunk) for chunk in images.chunks])
+            chunk_of = np.searchsorted(starts, rows, side="right") - 1
+            for position, chunk, at in zip(where.tolist(), chunk_of.tolist(), (rows - starts[chunk_of]).tolist()):
+                out[position] = pixels[chunk][at]
         if raw:
             return out
         if not parts:
