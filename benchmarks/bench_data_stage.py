@@ -2,7 +2,7 @@
 grayscale PNGs of about 2,000 px (CR radiographs) and 8-bit 2,500 x 2,048 JPEGs (MIMIC-CXR-JPG), preprocessed to
 512 px and stored as PNG shards, as studies/configs/covidx_bit.yaml does.
 
-    python benchmarks/bench_data_stage.py [--png 24] [--jpeg 24] [--rows-per-shard 6] [--no-ray-data]
+    python benchmarks/bench_data_stage.py [--png 72] [--jpeg 72] [--rows-per-shard 6] [--no-ray-data]
 
 Rows: the build in this process; as plain Ray tasks (scaling.cluster.RayChunks, what the study uses) on a local
 Ray of 1 and of 2 CPUs; and as Ray Data (`map_batches` + `write_parquet`, streaming) on 2 CPUs, the alternative
@@ -131,8 +131,8 @@ def ray_data_build(dataset: XrayFiles, preprocess: Preprocess, out: Path, cpus: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--png", type=int, default=24, help="16-bit PNGs")
-    parser.add_argument("--jpeg", type=int, default=24, help="8-bit JPEGs")
+    parser.add_argument("--png", type=int, default=72, help="16-bit PNGs (fewer: fixed costs weigh on the 2-CPU ratio)")
+    parser.add_argument("--jpeg", type=int, default=72, help="8-bit JPEGs")
     parser.add_argument("--side", type=int, default=2000, help="width of the inputs in px")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--rows-per-shard", type=int, default=6, help="images per chunk here (studies: 2048)")
