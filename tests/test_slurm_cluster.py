@@ -220,7 +220,7 @@ def test_smoke_study_runs_under_sbatch_and_logs_to_the_head_nodes_mlflow(smoke_j
     assert [r.info.status for r in parents] == ["FINISHED"]
     assert len(children) >= trials > 0
     assert {r.info.status for r in children} == {"FINISHED"}
-    _assert_nothing_left(study_dir, job_ids)
+    _assert_nothing_left(study_dir, [job_id])
 
     # the study logged in with the job's password; neither it nor Ray's token went anywhere but their files
     secrets = {name: (study_dir / "slurm" / name).read_text().strip() for name in (MLFLOW_PASSWORD, RAY_TOKEN)}
