@@ -65,7 +65,9 @@ class Runs:
         return "step" in self.ddp
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({k: getattr(self, k) for k in self.KEPT}, indent=1))
+        tmp = path.with_suffix(".tmp")  # replaced whole: a job killed mid-write leaves the previous state
+        tmp.write_text(json.dumps({k: getattr(self, k) for k in self.KEPT}, indent=1))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "Runs":
