@@ -41,6 +41,20 @@ def test_cover_grid_holds_every_axis_value_in_a_few_trials():
     assert pretrain_jobs(cfg) == pretrain_jobs(cfg)  # a pure function of the config: a resume plans the same
 
 
+def test_projected_disk_counts_each_seeds_weights_and_optimiser_state_of_the_checkpoints_kept():
+    from scaling.models import params, rung
+    from scaling.rehearse.cost import project
+
+    sizes = ["models.sizes=[R50x1]", "finetune.recipe.optimizer=sgd", "sweep.seeds=[0, 1]"]
+    on_workers = project(load_config(CONFIGS / "covidx_bit.yaml", [*sizes, "resources.num_workers=4"]))
+    in_trial = project(load_config(CONFIGS / "covidx_bit.yaml", [*sizes, "resources.num_workers=0"]))
+    weights = params(rung("bit", "R50x1")) * 4
+    # a fine-tuning trial: 2 seeds x (weights + momentum), the last two checkpoints kept on Train workers
+    assert on_workers.largest_job_bytes == weights * 2 * 2 * 2
+    assert in_trial.largest_job_bytes == weights * 2 * 2
+    assert on_workers.checkpoint_bytes > in_trial.checkpoint_bytes > in_trial.finetune_trials * weights * 4
+
+
 def test_scaled_sizes_keep_order_and_stay_distinct():
     assert scaled_sizes([30000, 100000, 300000], 48) == [5, 16, 48]
     assert scaled_sizes([300, 30, 31], 48) == [48, 5, 6]

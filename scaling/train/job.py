@@ -72,9 +72,10 @@ def run_local(spec: JobSpec, *, name: str, storage_path: str | Path, tune: bool 
     result = TorchTrainer(_worker, train_loop_config={"spec": spec, "local_dir": str(folder), "tune": tune},
                           scaling_config=ScalingConfig(num_workers=0),
                           run_config=RunConfig(name=name, storage_path=str(folder.parent))).fit()
+    session = LocalSession(folder, tune=tune)
+    session.ended()
     # the loop's final metrics and its persisted checkpoint, whether or not its reports went to Tune
-    return dataclasses.replace(result, metrics=result.return_value, path=str(folder),
-                               checkpoint=LocalSession(folder, tune=tune).latest())
+    return dataclasses.replace(result, metrics=result.return_value, path=str(folder), checkpoint=session.latest())
 
 
 def divergence(result) -> dict | None:

@@ -4,8 +4,9 @@ A Ray Train worker (`TrainSession`) reports through `ray.train.report`, which pe
 storage and hands the last one back after a restart. Train's local mode (`ScalingConfig(num_workers=0)`, the job
 trained inside its Tune trial's process) keeps reports in memory only and calls no RunConfig callbacks, so a
 `LocalSession` persists each checkpoint itself under the job's storage folder (published atomically, the last two
-kept, as the Train path's `CheckpointConfig(num_to_keep=2)`), resumes from the newest one, and forwards metrics
-to Tune with `ray.tune.report` (what `TuneReportCallback` does on the Train path).
+kept while it trains, as the Train path's `CheckpointConfig(num_to_keep=2)`; only the final one once it has
+ended), resumes from the newest one, and forwards metrics to Tune with `ray.tune.report` (what
+`TuneReportCallback` does on the Train path).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from scaling.files import MANIFEST, publish, verify
 
-#: checkpoints a local job keeps (the newest one is what a restart resumes from)
+#: checkpoints a local job keeps while it trains (the newest one is what a restart resumes from; the one before
+#: is there in case the newest is found damaged)
 KEEP = 2
 _NAME = re.compile(r"checkpoint_(\d{9})")
 
@@ -79,6 +81,13 @@ class LocalSession:
             warnings.warn(f"not resuming from {found}: {problem}; removed it", stacklevel=2)
             shutil.rmtree(found)  # else its step would be taken as written when reached again
         return None
+
+    def ended(self) -> None:
+        """The job has ended: keep only its final checkpoint. The one before could only serve a restart, and
+        each holds every seed's model and optimiser state (550 MB for R50x1 with 3 seeds), so kept for every
+        finished trial they would double what a study's jobs leave on disk."""
+        for old in self._finished()[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
