@@ -46,6 +46,10 @@ else
   log "ERROR: the Ray node ended by itself with exit code $rc"
   rc=1
 fi
+# `ray start` leads a process group of its own and every Ray process of the node is in it; one orphaned by its
+# parent's exit (seen: the dashboard's multiprocessing forkserver) is not stopped with the node and, where Slurm
+# tracks a job's processes by parentage instead of cgroups, would outlive the job
+kill -KILL -- "-$ray_pid" 2>/dev/null
 mkdir -p "$JOB_DIR/ray-logs/$node"
 cp -r "$tmp"/session_latest/logs/. "$JOB_DIR/ray-logs/$node/" 2>/dev/null
 rm -rf "$tmp"

@@ -4,10 +4,11 @@ order. An exception of `fn` ends the map: it is raised in the caller, and work n
 
 `shared` is what every item needs (the dataset, the preprocessing): an executor sends it to each process once.
 `in_process` runs the items one after the other (tests, sets of one chunk); `process_pool(n)` in n processes of
-this machine. The Ray cluster's executor lives outside `data/`, which knows nothing of Ray
-(`scaling.cluster.RayChunks`)."""
+this machine (the analysis fits its laws with one too). The Ray cluster's executor lives outside `data/`, which
+knows nothing of Ray (`scaling.cluster.RayChunks`)."""
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -36,13 +37,16 @@ def _call(fn: Callable[[Any, Any], Any], item: Any) -> Any:
     return fn(_shared, item)
 
 
-def process_pool(workers: int) -> MapChunks:
-    """An executor of `workers` processes of this machine (`fn`, `shared` and the items must be picklable)."""
+def process_pool(workers: int, start_method: str | None = None) -> MapChunks:
+    """An executor of `workers` processes of this machine (`fn`, `shared` and the items must be picklable), started
+    by multiprocessing's `start_method` (its default when None)."""
     def map_chunks(fn, shared, items):
         if workers == 1 or len(items) < 2:
             yield from in_process(fn, shared, items)
             return
-        with ProcessPoolExecutor(min(workers, len(items)), initializer=_init_worker, initargs=(shared,)) as pool:
+        context = multiprocessing.get_context(start_method) if start_method else None
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_init_worker,
+                                 initargs=(shared,)) as pool:
             running = {pool.submit(_call, fn, item): position for position, item in enumerate(items)}
             try:
                 while running:
