@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -106,15 +108,18 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, address: str | None =
     prepare_study_dir(cfg, study_dir)
     stops.check()
 
-    server = None
-    if not (tracking_uri or cfg.tracking.uri):
-        server = TrackingServer(study_dir, study_dir / "logs").start()
-        progress.say(f"MLflow server at {server.uri} (SQLite {server.db})")
+    server = None if tracking_uri or cfg.tracking.uri else TrackingServer(study_dir, study_dir / "logs")
     connected = False
     try:
+        # the study's MLflow server starts while Ray does (about 5 s each)
+        with ThreadPoolExecutor(1) as starting:
+            started = starting.submit(server.start) if server else None
+            start_ray(address, study_dir / "logs")
+            connected = True
+            if started:
+                started.result()
+                progress.say(f"MLflow server at {server.uri} (SQLite {server.db})")
         tracker = tracking_stage(cfg, data, tracking_uri or cfg.tracking.uri or server.uri, own_server=bool(server))
-        start_ray(address, study_dir / "logs")
-        connected = True
         stops.install()
         status = run_stages(cfg, data, study_dir, tracker, progress, stops, dashboard)
         tracker.close("FINISHED" if status == EXIT_OK else "FAILED")
@@ -147,9 +152,13 @@ def run_stages(cfg: StudyConfig, data: StudyData, study_dir: Path, tracker: Stud
     table = trust_stage(table, data, cfg, study_dir, tracker, progress)
     paths = write_table(table, study_dir)
     progress.say(f"results: {len(table)} trials -> {paths[0]}")
+    # the post-sweep steps each say when they end: on a large study they take minutes
     report = analysis_stage(table, study_dir, cfg.seed, tracker, progress)
+    progress.say(f"analysis: laws, effective data, findings and {len(report['figures'])} figures -> "
+                 f"{study_dir / 'figures'}")
     report["dashboard"] = dashboard_stage(study_dir, tracker, dashboard)
-    log_outputs(tracker, study_dir, paths, report)
+    logged = log_outputs(tracker, study_dir, paths, report)
+    progress.say(f"MLflow: the dashboard, tables and figures ({logged} files) logged to the study's parent run")
     summary_stage(cfg, data, study_dir, table, report, concurrent, pretrain, trials, tracker, progress)
     unfinished = len(points) - sum(e["status"] in ENDED for e in trials.values())
     if unfinished:
@@ -313,8 +322,12 @@ def analysis_stage(table: pd.DataFrame, study_dir: Path, seed: int, tracker: Stu
     fits: reliability diagrams and the laws of calibration error and localisation (trust_fits.json). What the
     analysis notes (axes without laws) goes to summary.md, not the screen: `report["notes"]`."""
     notes: list[str] = []
-    report = analyse(table, study_dir, seed, notes.append)
-    figures = trust_figures(table, study_dir, seed)
+    # the trust figures (own files, own bootstraps) are drawn in a process of their own meanwhile: most of the
+    # analysis runs in one process, so a second core would idle (spawned: this process holds Ray's threads)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        trust = pool.submit(trust_figures, table, study_dir, seed)
+        report = analyse(table, study_dir, seed, notes.append)
+        figures = trust.result()
     if figures:
         tracker.log_files([study_dir / FITS_FILE])
     report["figures"] += [str(p) for p in figures]
@@ -328,12 +341,14 @@ def dashboard_stage(study_dir: Path, tracker: StudyTracker, dashboard: Dashboard
     return str(dashboard(study_dir)) if dashboard else None
 
 
-def log_outputs(tracker: StudyTracker, study_dir: Path, tables: list[Path], report: dict) -> None:
-    """The study's outputs as artifacts of its parent run: results tables, fits, findings, dashboard, figures."""
-    files = [*tables, study_dir / "fits.json", study_dir / "findings.json",
-             *([Path(report["dashboard"])] if report["dashboard"] else [])]
-    tracker.log_files([p for p in files if p.exists()])
+def log_outputs(tracker: StudyTracker, study_dir: Path, tables: list[Path], report: dict) -> int:
+    """The study's outputs as artifacts of its parent run: results tables, fits, findings, dashboard, figures;
+    returns how many files."""
+    files = [p for p in [*tables, study_dir / "fits.json", study_dir / "findings.json",
+                         *([Path(report["dashboard"])] if report["dashboard"] else [])] if p.exists()]
+    tracker.log_files(files)
     tracker.log_files([Path(p) for p in report["figures"]], "figures")
+    return len(files) + len(report["figures"])
 
 
 def summary_stage(cfg: StudyConfig, data: StudyData, study_dir: Path, table: pd.DataFrame, report: dict,

@@ -85,6 +85,8 @@ def test_the_smoke_study_ends_with_its_answer_and_logs_summary_md(smoke_study):
     out, result = smoke_study
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = result.stdout.split(f"results: 2 trials -> {out / 'results.parquet'}\n")[1].splitlines()
+    steps, after = after[:2], after[2:]  # the post-sweep steps say when they end, then the answer
+    assert "] analysis: laws, effective data, findings and" in steps[0] and "] MLflow: " in steps[1], steps
     answer = json.loads((out / "summary.json").read_text())["answer"]
     assert len(answer) <= ANSWER_LINES and after[0].endswith("] " + answer[0]) and after[1:len(answer)] == answer[1:]
     assert after[len(answer)].endswith("MLflow server stopped; browse the runs again with:")  # then the command
