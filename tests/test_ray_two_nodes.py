@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,15 +37,26 @@ NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-liste
 HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port")
 
 
+#: where the tests' Ray and MLflow ports are drawn from: below the kernel's ephemeral range, whose ports (what binding
+#: port 0 gives) any outgoing connection may take as its source port before the node binds them (seen in CI: a
+#: raylet that could not start, its node-manager port taken); above the worker port ranges the tests fix (21000-21199,
+#: 25000-25199)
+PORT_RANGE = (25200, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+
+
 def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """`n` distinct ports of PORT_RANGE that nothing listens on now (drawn at random: tests that run at once must not
+    draw the same ones)."""
+    draw, ports = random.Random(), []
+    while len(ports) < n:
+        port = draw.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
